@@ -1,0 +1,45 @@
+"""adk-cancel: stop a running Google ADK agent.
+
+``POST /apps/{app}/users/{user}/sessions/{session}:cancel`` stops the run in flight for that
+session, whichever route started it (/run, /run_sse, /run_live), and leaves the session
+well-formed for the next turn.
+"""
+
+from __future__ import annotations
+
+from ._install import PLUGIN_PATH, get_fast_api_app, install
+from ._middleware import WS_CLOSE_CANCELLED, CancelMiddleware
+from ._models import (
+    CancelledRun,
+    CancelRequest,
+    CancelResponse,
+    RunInfo,
+    RunsResponse,
+    SessionKey,
+)
+from ._plugin import CANCEL_PLUGIN, CancelPlugin
+from ._registry import RunRegistry
+from .backends import BackendUnavailable, CancelBackend, LocalNode, backend_from_url
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CANCEL_PLUGIN",
+    "PLUGIN_PATH",
+    "WS_CLOSE_CANCELLED",
+    "BackendUnavailable",
+    "CancelBackend",
+    "CancelMiddleware",
+    "CancelPlugin",
+    "CancelRequest",
+    "CancelResponse",
+    "CancelledRun",
+    "LocalNode",
+    "RunInfo",
+    "RunRegistry",
+    "RunsResponse",
+    "SessionKey",
+    "backend_from_url",
+    "get_fast_api_app",
+    "install",
+]

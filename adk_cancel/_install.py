@@ -1,0 +1,123 @@
+"""Putting cancellation on an ADK FastAPI app: ``install`` and ``get_fast_api_app``."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import FastAPI
+
+from ._middleware import CancelMiddleware
+from ._registry import DEFAULT_GRACE_S, RunRegistry
+from ._routes import add_routes_first, build_router
+from .backends import CancelBackend, backend_from_url
+
+PLUGIN_PATH = "adk_cancel.CANCEL_PLUGIN"
+"""Dotted path of the plugin instance, for ADK's ``extra_plugins``."""
+
+
+def _find_web_server(app: FastAPI) -> Any | None:
+    """ADK keeps its AdkWebServer only in its route handlers' closures."""
+    for route in app.router.routes:
+        endpoint = getattr(route, "endpoint", None)
+        for cell in getattr(endpoint, "__closure__", None) or ():
+            try:
+                value = cell.cell_contents
+            except ValueError:
+                continue
+            if all(hasattr(value, a) for a in ("runner_dict", "extra_plugins", "runners_to_clean")):
+                return value
+    return None
+
+
+def install(
+    app: FastAPI,
+    *,
+    backend_url: str = "memory://",
+    backend: CancelBackend | None = None,
+    grace_s: float = DEFAULT_GRACE_S,
+    chat: bool = False,
+    node_id: str | None = None,
+) -> RunRegistry:
+    """Install cancellation on an ADK app that was already built; call it before serving.
+
+    On an app from ADK's ``get_fast_api_app`` it adds the ADK plugin too (runners built
+    earlier are rebuilt on their next request), so cancels abort cooperatively. On an app
+    whose ADK web server it cannot find, cancels can only cancel the request's task by force
+    and cannot repair the session (no session service in reach): add
+    ``extra_plugins=["adk_cancel.CANCEL_PLUGIN"]`` there.
+    """
+    if getattr(app.state, "adk_cancel", None) is not None:
+        raise RuntimeError("adk-cancel is already installed on this app")
+    registry = RunRegistry(
+        backend=backend if backend is not None else backend_from_url(backend_url),
+        grace_s=grace_s,
+        node_id=node_id,
+    )
+    server = _find_web_server(app)
+    default_app = os.environ.get("ADK_DEFAULT_APP_NAME")
+    if server is not None:
+        if PLUGIN_PATH not in server.extra_plugins:
+            server.extra_plugins.append(PLUGIN_PATH)
+            server.runners_to_clean.update(server.runner_dict)
+        default_app = getattr(server, "default_app_name", None) or default_app
+    registry.plugin_installed = server is not None
+    try:
+        app.add_middleware(CancelMiddleware, registry=registry, default_app_name=default_app)
+    except RuntimeError as exc:
+        raise RuntimeError(
+            "adk_cancel.install() must run before the app starts serving requests"
+        ) from exc
+    add_routes_first(app, build_router(registry))
+    app.router.lifespan_context = _with_registry(app.router.lifespan_context, registry)
+    if chat:
+        from ._chat import add_chat_route
+
+        add_chat_route(app)
+    app.state.adk_cancel = registry
+    return registry
+
+
+def _with_registry(
+    inner: Callable[[Any], contextlib.AbstractAsyncContextManager[Any]], registry: RunRegistry
+) -> Callable[[Any], contextlib.AbstractAsyncContextManager[Any]]:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[Any]:
+        await registry.start()
+        try:
+            async with inner(app) as state:
+                yield state
+        finally:
+            await registry.stop()
+
+    return lifespan
+
+
+def get_fast_api_app(
+    *,
+    cancel_backend: str = "memory://",
+    backend: CancelBackend | None = None,
+    cancel_grace_s: float = DEFAULT_GRACE_S,
+    chat: bool = False,
+    **adk_kwargs: Any,
+) -> FastAPI:
+    """ADK's ``get_fast_api_app`` (same keyword arguments) with cancellation installed.
+
+    ``cancel_backend`` is a backend URL (``memory://``, ``redis://host:port/db``),
+    ``backend`` a custom backend object that overrides it, ``cancel_grace_s`` how long a
+    cooperative abort may take before the run's task is cancelled, ``chat`` serves the chat
+    page at ``/chat``.
+    """
+    from google.adk.cli import fast_api
+
+    # The CLI swaps ADK's factory for ours so ADK's own commands build our app; keep
+    # calling the original.
+    adk_get_fast_api_app = getattr(fast_api, "_adk_cancel_original", fast_api.get_fast_api_app)
+    plugins = list(adk_kwargs.pop("extra_plugins", None) or [])
+    if PLUGIN_PATH not in plugins:
+        plugins.append(PLUGIN_PATH)
+    app = adk_get_fast_api_app(extra_plugins=plugins, **adk_kwargs)
+    install(app, backend_url=cancel_backend, backend=backend, grace_s=cancel_grace_s, chat=chat)
+    return app

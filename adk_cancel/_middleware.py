@@ -1,0 +1,413 @@
+"""ASGI middleware that owns every /run, /run_sse and /run_live request as a cancellable run.
+
+Why a middleware plus a plugin, and not a fork of ADK's routes: the middleware sees the raw
+request before ADK does (so it can register the run, listen for the client's disconnect on
+the real ``receive`` and finish the response after a forced cancel), while only ADK's
+``before_run_callback`` sees the run's ``InvocationContext`` (its ``abort()``) and the task
+ADK runs it in. A context variable set here reaches that callback on all three routes.
+
+How a cancel plays out. "Cancel" is a ``:cancel`` request, a cross-worker cancel through the
+backend, or the client disconnecting; each calls ``RunEntry.request_cancel``.
+
+| race                                        | who wins, and what follows                   |
+|---------------------------------------------|----------------------------------------------|
+| cancel vs ADK's ``before_run_callback``      | cancel is recorded; ``attach`` aborts at     |
+| (no invocation context yet)                 | once, so the agent never starts              |
+| cooperative abort vs the grace period       | run ends first: ``stopped_by="abort"``, and  |
+| (default 2 s)                               | ADK has sealed the session                   |
+| grace period vs a run that ignores abort    | grace ends first: the watcher cancels ADK's  |
+| (sync tool, a tool swallowing cancellation) | producer task every 50 ms until it ends      |
+|                                             | (``stopped_by="force"``), then repairs       |
+| ``/run_live`` (ADK has no abort there)      | force at once, repair, close code 4000       |
+| run finishing vs a cancel that came late    | the run: ``stopped_by="finished"``           |
+| the app's last SSE message vs a cancel      | the cancelled event goes out just before it  |
+| forced run vs its response                  | nothing sent yet: adk-cancel answers; a      |
+|                                             | stream already started: adk-cancel ends it   |
+| client disconnect vs anything               | nothing more is sent; the run is cancelled   |
+|                                             | like any other                               |
+
+The cancel route answers (``wait=true``) when ``RunEntry.finished`` is set: after the run's
+task ended, the session was repaired and the response was finished, so the next turn on the
+session sees a well-formed history. Registry clean-up is in ``finally`` (ADK skips
+``after_run_callback`` on a cancelled task).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
+from typing import Any
+from urllib.parse import parse_qs
+
+import anyio
+
+from ._models import Route, SessionKey
+from ._registry import RunEntry, RunRegistry, current_run
+from ._repair import repair_session
+
+logger = logging.getLogger("adk_cancel")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+WS_CLOSE_CANCELLED = 4000
+"""WebSocket close code sent to a /run_live client whose run was cancelled."""
+
+CANCEL_HEADER = b"x-adk-cancel"
+"""Response header on a /run or /run_sse response whose run was cancelled."""
+
+FORCE_RETRY_S = 0.05
+DRAIN_S = 1.0
+
+_HTTP_ROUTES: dict[str, Route] = {"/run": "run", "/run_sse": "run_sse"}
+
+
+def _route_of(scope: Scope) -> Route | None:
+    path: str = scope.get("path", "")
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    if scope["type"] == "http" and scope.get("method") == "POST":
+        return _HTTP_ROUTES.get(path)
+    if scope["type"] == "websocket" and path == "/run_live":
+        return "run_live"
+    return None
+
+
+def _key_from_body(body: bytes, default_app: str | None) -> SessionKey | None:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    app = data.get("appName", data.get("app_name")) or default_app or ""
+    user = data.get("userId", data.get("user_id"))
+    session = data.get("sessionId", data.get("session_id"))
+    if not isinstance(app, str) or not isinstance(user, str) or not isinstance(session, str):
+        return None
+    return SessionKey(app, user, session)
+
+
+def cancelled_event(entry: RunEntry) -> dict[str, Any]:
+    """The final event a cancelled /run_sse stream (or a forced /run) carries."""
+    reason = entry.cancel_reason or "cancelled"
+    return {
+        "id": uuid.uuid4().hex,
+        "author": "adk-cancel",
+        "invocationId": entry.invocation_id,
+        "errorCode": "CANCELLED",
+        "errorMessage": f"Run cancelled: {reason}",
+        "timestamp": time.time(),
+        "cancelled": {
+            "reason": reason,
+            "invocationId": entry.invocation_id,
+            "runId": entry.run_id,
+            "stoppedBy": "force" if entry.forced else "abort",
+        },
+    }
+
+
+def _sse_chunk(entry: RunEntry) -> bytes:
+    return f"event: cancelled\ndata: {json.dumps(cancelled_event(entry))}\n\n".encode()
+
+
+def _outer_cancelled() -> bool:
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return bool(cancelling()) if cancelling is not None else False
+
+
+class _Response:
+    """Per-request record of what the app has sent, so adk-cancel never sends twice."""
+
+    def __init__(self, entry: RunEntry, send: Send) -> None:
+        self.entry = entry
+        self._send = send
+        self.started = False
+        self.ended = False
+        self.sse = False
+        self.cancel_event_sent = False
+        self.ws_accepted = False
+        self.ws_closed = False
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.started = True
+            headers = list(message.get("headers", []))
+            self.sse = any(
+                k.lower() == b"content-type" and v.startswith(b"text/event-stream")
+                for k, v in headers
+            )
+            if self.entry.cancel_reason is not None:
+                message = {**message, "headers": [*headers, (CANCEL_HEADER, b"cancelled")]}
+        elif kind == "http.response.body" and not message.get("more_body", False):
+            if self.sse and self.entry.cancel_reason is not None and not self.cancel_event_sent:
+                self.cancel_event_sent = True
+                await self._send(
+                    {
+                        "type": "http.response.body",
+                        "body": _sse_chunk(self.entry),
+                        "more_body": True,
+                    }
+                )
+            self.ended = True
+        elif kind == "websocket.accept":
+            self.ws_accepted = True
+        elif kind in ("websocket.close", "websocket.http.response.start"):
+            self.ws_closed = True
+        await self._send(message)
+
+    async def finish_http(self) -> None:
+        """Complete the response of a run that was cancelled by force."""
+        entry = self.entry
+        if self.ended or entry.disconnected:
+            return
+        if not self.started:
+            if entry.route == "run_sse":
+                body, ctype = _sse_chunk(entry), b"text/event-stream"
+            else:
+                body, ctype = json.dumps([cancelled_event(entry)]).encode(), b"application/json"
+            self.cancel_event_sent = entry.route == "run_sse"
+            await self._send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", ctype),
+                        (b"content-length", str(len(body)).encode()),
+                        (CANCEL_HEADER, b"cancelled"),
+                    ],
+                }
+            )
+            await self._send({"type": "http.response.body", "body": body})
+        else:
+            body = b""
+            if self.sse and not self.cancel_event_sent:
+                self.cancel_event_sent = True
+                body = _sse_chunk(entry)
+            await self._send({"type": "http.response.body", "body": body})
+        self.ended = True
+
+    async def finish_ws(self) -> None:
+        entry = self.entry
+        if self.ws_closed or entry.disconnected:
+            return
+        reason = f"cancelled: {entry.cancel_reason}".encode()[:120].decode(errors="ignore")
+        await self._send({"type": "websocket.close", "code": WS_CLOSE_CANCELLED, "reason": reason})
+        self.ws_closed = True
+
+
+class CancelMiddleware:
+    """Pure ASGI middleware; every other scope passes straight through."""
+
+    def __init__(
+        self, app: ASGIApp, registry: RunRegistry, default_app_name: str | None = None
+    ) -> None:
+        self.app = app
+        self.registry = registry
+        self.default_app_name = default_app_name
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = _route_of(scope)
+        if route is None:
+            await self.app(scope, receive, send)
+        elif route == "run_live":
+            await self._serve_ws(scope, receive, send)
+        else:
+            await self._serve_http(scope, receive, send, route)
+
+    # -- HTTP: /run and /run_sse -----------------------------------------------------------
+
+    async def _serve_http(self, scope: Scope, receive: Receive, send: Send, route: Route) -> None:
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the client left before the run could start
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        key = _key_from_body(body, self.default_app_name)
+        gone = anyio.Event()
+        body_sent = False
+
+        # Only the middleware reads the real receive; ADK's /run monitor and Starlette's
+        # StreamingResponse get the body once and then a disconnect when the listener saw one.
+        async def replay() -> Message:
+            nonlocal body_sent
+            if not body_sent:
+                body_sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        if key is None:
+            # ADK rejects this body itself (422/400); there is no run to register.
+            await self.app(scope, replay, send)
+            return
+
+        await self.registry.start()
+        entry = self.registry.register(key, route)
+        response = _Response(entry, send)
+        app_done = False
+
+        async def listen() -> None:
+            try:
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        break
+            except OSError:
+                pass
+            entry.disconnected = True
+            gone.set()
+            if not app_done:
+                entry.request_cancel("client disconnected")
+
+        await self._run(entry, route, lambda: self.app(scope, replay, response.send), listen)
+        app_done = True
+        try:
+            await self._after(entry)
+            if entry.cancel_reason is not None:
+                await response.finish_http()
+        except OSError:
+            logger.debug("Client gone while finishing cancelled run %s", entry.run_id)
+        finally:
+            self._close(entry)
+
+    # -- WebSocket: /run_live --------------------------------------------------------------
+
+    async def _serve_ws(self, scope: Scope, receive: Receive, send: Send) -> None:
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        app = (query.get("app_name") or [self.default_app_name or ""])[0]
+        user = (query.get("user_id") or [None])[0]
+        session = (query.get("session_id") or [None])[0]
+        if user is None or session is None:
+            await self.app(scope, receive, send)
+            return
+
+        await self.registry.start()
+        entry = self.registry.register(SessionKey(app, user, session), "run_live")
+        response = _Response(entry, send)
+        app_done = False
+
+        async def watch_receive() -> Message:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                entry.disconnected = True
+                if not app_done:
+                    entry.request_cancel("client disconnected")
+            return message
+
+        await self._run(entry, "run_live", lambda: self.app(scope, watch_receive, response.send))
+        app_done = True
+        try:
+            await self._after(entry)
+            if entry.cancel_reason is not None:
+                await response.finish_ws()
+        except OSError:
+            logger.debug("Client gone while closing cancelled live run %s", entry.run_id)
+        finally:
+            self._close(entry)
+
+    # -- shared ----------------------------------------------------------------------------
+
+    async def _run(
+        self,
+        entry: RunEntry,
+        route: Route,
+        call_app: Callable[[], Awaitable[None]],
+        listen: Callable[[], Coroutine[Any, Any, None]] | None = None,
+    ) -> None:
+        """Run the app beside the cancel watcher (and disconnect listener) in one task group;
+        the app finishing ends the others."""
+        token = current_run.set(entry)
+        app_scope = anyio.CancelScope()
+        try:
+            async with anyio.create_task_group() as tg:
+                if listen is not None:
+                    tg.start_soon(listen)
+                tg.start_soon(self._watch, entry, app_scope)
+                try:
+                    with app_scope:
+                        await call_app()
+                except asyncio.CancelledError:
+                    # ADK re-raises the cancellation of its own producer task, which our
+                    # force caused: the run is over, not this request.
+                    if not entry.forced or _outer_cancelled():
+                        raise
+                finally:
+                    if entry.cancel_mono is not None:
+                        entry.stop_ms = round((time.monotonic() - entry.cancel_mono) * 1000, 3)
+                    tg.cancel_scope.cancel()
+        except BaseException:
+            self._close(entry)
+            raise
+        finally:
+            current_run.reset(token)
+
+    async def _watch(self, entry: RunEntry, app_scope: anyio.CancelScope) -> None:
+        await entry.cancel_requested.wait()
+        # /run_live has no abort checks, and without the plugin there is no abort handle.
+        abortable = entry.route != "run_live" and self.registry.plugin_installed
+        if abortable:
+            await anyio.sleep(self.registry.grace_s)
+            logger.warning(
+                "Run %s (session %s) ignored abort for %.1f s; cancelling its task",
+                entry.invocation_id or entry.run_id,
+                entry.key.session_id,
+                self.registry.grace_s,
+            )
+        entry.forced = True
+        while True:
+            producer = entry.producer
+            if producer is not None and not producer.done():
+                producer.cancel()
+            else:
+                app_scope.cancel()
+            await anyio.sleep(FORCE_RETRY_S)
+
+    async def _after(self, entry: RunEntry) -> None:
+        """After the app returned: make sure ADK's task is gone, then repair the session."""
+        if entry.cancel_reason is None:
+            return
+        ic = entry.invocation_context
+        if ic is not None and ic.is_aborted and not entry.forced:
+            entry.stopped_by = "abort"
+        elif entry.forced:
+            entry.stopped_by = "force"
+        else:
+            entry.stopped_by = "finished"
+        producer = entry.producer
+        if producer is not None and not producer.done():
+            # /run_live cancels its tasks without awaiting them; don't repair under their feet.
+            with anyio.move_on_after(DRAIN_S):
+                while not producer.done():
+                    producer.cancel()
+                    await asyncio.wait([producer], timeout=FORCE_RETRY_S)
+        needs_repair = entry.forced or entry.route == "run_live"
+        if needs_repair and entry.session_service is not None and entry.invocation_id:
+            try:
+                entry.repaired = await repair_session(
+                    entry.session_service,
+                    entry.key,
+                    entry.invocation_id,
+                    entry.cancel_reason,
+                )
+            except Exception:
+                logger.exception("Could not repair session %s after a cancel", entry.key)
+
+    def _close(self, entry: RunEntry) -> None:
+        if not entry.finished.is_set():
+            self.registry.unregister(entry)
+            entry.finished.set()

@@ -1,0 +1,99 @@
+"""Request and response models of the cancel and list routes (public through ``__all__``)."""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Route = Literal["run", "run_sse", "run_live"]
+"""Which ADK route started a run."""
+
+StoppedBy = Literal["abort", "force", "finished"]
+"""How a run ended after a cancel: ADK's cooperative abort, a forced task cancel, or it
+finished on its own before the cancel took hold."""
+
+
+class SessionKey(NamedTuple):
+    """The full path of a session: runs are scoped by all three parts."""
+
+    app_name: str
+    user_id: str
+    session_id: str
+
+
+class CancelRequest(BaseModel):
+    """Optional JSON body of ``POST .../sessions/{session_id}:cancel``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    invocation_id: str | None = Field(
+        default=None, min_length=1, description="Cancel only this invocation of the session."
+    )
+    reason: str | None = Field(
+        default=None, max_length=500, description="Shown to the run's client and logged."
+    )
+    wait: bool = Field(
+        default=True,
+        description="Wait until every run has stopped (200), or answer once the cancel is "
+        "signalled (202).",
+    )
+    timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=300,
+        description="With wait=true, answer after this long even if a run has not stopped.",
+    )
+
+
+class RunInfo(BaseModel):
+    """One active run of a session."""
+
+    run_id: str
+    app_name: str
+    user_id: str
+    session_id: str
+    invocation_id: str | None = None
+    route: Route
+    started_at: float = Field(description="Unix time the run started.")
+    elapsed_ms: float = 0.0
+    worker: str = Field(description="Id of the server process that holds the run.")
+    cancelling: bool = False
+
+
+class CancelledRun(BaseModel):
+    """The outcome of cancelling one run."""
+
+    run_id: str
+    invocation_id: str | None = None
+    route: Route
+    worker: str
+    stopped: bool = Field(description="False when wait=false, or when the wait timed out.")
+    stopped_by: StoppedBy | None = None
+    stop_ms: float | None = Field(
+        default=None, description="From the cancel request to the run's task having ended."
+    )
+    repaired: bool = Field(
+        default=False,
+        description="True when adk-cancel answered function calls a forced cancel left open.",
+    )
+
+
+class CancelResponse(BaseModel):
+    """Answer of the cancel route."""
+
+    status: Literal["cancelled", "cancelling"]
+    app_name: str
+    user_id: str
+    session_id: str
+    reason: str
+    runs: list[CancelledRun]
+
+
+class RunsResponse(BaseModel):
+    """Answer of ``GET .../sessions/{session_id}/runs``."""
+
+    app_name: str
+    user_id: str
+    session_id: str
+    runs: list[RunInfo]

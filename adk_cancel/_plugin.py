@@ -1,0 +1,43 @@
+"""The ADK plugin that hands each run's InvocationContext to the middleware's registry entry."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from google.adk.plugins.base_plugin import BasePlugin
+
+from ._registry import current_run
+
+if TYPE_CHECKING:
+    from google.adk.agents.invocation_context import InvocationContext
+    from google.genai import types
+
+PLUGIN_NAME = "adk_cancel"
+
+
+class CancelPlugin(BasePlugin):
+    """Attaches a run's invocation context (its ``abort()``, invocation id and session
+    service) to the registry entry that the middleware opened for the request.
+
+    It keeps no state of its own, so one instance serves every app and runner. Clean-up
+    lives in the middleware's ``finally``: ADK skips ``after_run_callback`` when a run's
+    task is cancelled.
+    """
+
+    def __init__(self, name: str = PLUGIN_NAME) -> None:
+        super().__init__(name=name)
+
+    async def before_run_callback(
+        self, *, invocation_context: InvocationContext
+    ) -> types.Content | None:
+        entry = current_run.get()
+        # Nested runners (AgentTool) call this again inside the same run: keep the first,
+        # outermost invocation, which is the one a cancel must abort.
+        if entry is not None and entry.invocation_context is None:
+            entry.attach(invocation_context, asyncio.current_task())
+        return None
+
+
+CANCEL_PLUGIN = CancelPlugin()
+"""Module-level instance for ADK's ``extra_plugins=["adk_cancel.CANCEL_PLUGIN"]``."""

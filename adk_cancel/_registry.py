@@ -1,0 +1,259 @@
+"""The run registry: every run this process holds, keyed by its session's full path."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ._models import CancelledRun, Route, RunInfo, SessionKey, StoppedBy
+from .backends import BackendUnavailable, CancelBackend, MemoryBackend
+
+if TYPE_CHECKING:
+    from google.adk.agents.invocation_context import InvocationContext
+    from google.adk.sessions.base_session_service import BaseSessionService
+
+logger = logging.getLogger("adk_cancel")
+
+DEFAULT_GRACE_S = 2.0
+"""How long a cooperative abort may take before the run's task is cancelled by force."""
+
+WAIT_MARGIN_S = 3.0
+"""How long past the grace period a waiting cancel request waits for a forced run to end."""
+
+# Set by the middleware around each run it owns; read by the plugin's before_run_callback,
+# which runs in a task ADK created from the middleware's context.
+current_run: contextvars.ContextVar[RunEntry | None] = contextvars.ContextVar(
+    "adk_cancel_current_run", default=None
+)
+
+
+@dataclass(eq=False)
+class RunEntry:
+    """One run in flight. Created by the middleware, completed by the plugin."""
+
+    registry: RunRegistry
+    key: SessionKey
+    route: Route
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    started_at: float = field(default_factory=time.time)
+    started_mono: float = field(default_factory=time.monotonic)
+    invocation_id: str | None = None
+    invocation_context: InvocationContext | None = None
+    producer: asyncio.Task[object] | None = None
+    session_service: BaseSessionService | None = None
+    cancel_reason: str | None = None
+    cancel_mono: float | None = None
+    forced: bool = False
+    disconnected: bool = False
+    stopped_by: StoppedBy | None = None
+    stop_ms: float | None = None
+    repaired: bool = False
+    cancel_requested: asyncio.Event = field(default_factory=asyncio.Event)
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def attach(self, ic: InvocationContext, producer: asyncio.Task[object] | None) -> None:
+        """Called from ADK's before_run_callback with the run's invocation context."""
+        self.invocation_context = ic
+        self.invocation_id = ic.invocation_id
+        self.producer = producer
+        self.session_service = ic.session_service
+        session = ic.session
+        self.registry._rekey(self, SessionKey(session.app_name, session.user_id, session.id))
+        if self.cancel_reason is not None:
+            # The cancel arrived while ADK was still loading the session: abort before the
+            # agent starts, so it never runs.
+            ic.abort()
+        self.registry.backend.announce(self.info())
+
+    def request_cancel(self, reason: str) -> None:
+        """Signal a cancel; idempotent. The middleware's watcher does the rest."""
+        if self.cancel_reason is not None or self.finished.is_set():
+            return
+        self.cancel_reason = reason
+        self.cancel_mono = time.monotonic()
+        if self.invocation_context is not None:
+            # Abort right here rather than in the watcher task: it saves a loop turn.
+            self.invocation_context.abort()
+        self.cancel_requested.set()
+        self.registry.backend.announce(self.info())
+
+    def info(self) -> RunInfo:
+        return RunInfo(
+            run_id=self.run_id,
+            app_name=self.key.app_name,
+            user_id=self.key.user_id,
+            session_id=self.key.session_id,
+            invocation_id=self.invocation_id,
+            route=self.route,
+            started_at=self.started_at,
+            elapsed_ms=round((time.monotonic() - self.started_mono) * 1000, 3),
+            worker=self.registry.node_id,
+            cancelling=self.cancel_reason is not None,
+        )
+
+    def outcome(self) -> CancelledRun:
+        done = self.finished.is_set()
+        return CancelledRun(
+            run_id=self.run_id,
+            invocation_id=self.invocation_id,
+            route=self.route,
+            worker=self.registry.node_id,
+            stopped=done,
+            stopped_by=self.stopped_by if done else None,
+            stop_ms=self.stop_ms if done else None,
+            repaired=self.repaired,
+        )
+
+
+class RunRegistry:
+    """This process's active runs, and the door to runs held by other processes.
+
+    Several runs of one session coexist (a second ``/run`` does not replace the first);
+    each is removed by the middleware's ``finally`` however it ends.
+    """
+
+    def __init__(
+        self,
+        *,
+        backend: CancelBackend | None = None,
+        grace_s: float = DEFAULT_GRACE_S,
+        node_id: str | None = None,
+    ) -> None:
+        if grace_s < 0:
+            raise ValueError(f"grace_s must be >= 0 seconds, got {grace_s}")
+        self.backend: CancelBackend = backend if backend is not None else MemoryBackend()
+        self.grace_s = grace_s
+        self._node_id = node_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.plugin_installed = True
+        self._by_key: dict[SessionKey, dict[str, RunEntry]] = {}
+        self._started = False
+        self._start_lock: asyncio.Lock | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect the backend (idempotent; also done lazily on first use)."""
+        if self._started:
+            return
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if not self._started:
+                await self.backend.connect(self)
+                self._started = True
+
+    async def stop(self) -> None:
+        if self._started:
+            self._started = False
+            await self.backend.disconnect()
+
+    # -- LocalNode -------------------------------------------------------------------------
+
+    @property
+    def node_id(self) -> str:
+        return self._node_id
+
+    def list_runs(self, key: SessionKey) -> list[RunInfo]:
+        return [e.info() for e in self._by_key.get(key, {}).values()]
+
+    def all_runs(self) -> list[RunInfo]:
+        return [e.info() for runs in self._by_key.values() for e in runs.values()]
+
+    async def cancel(
+        self,
+        key: SessionKey,
+        *,
+        invocation_id: str | None,
+        reason: str,
+        wait: bool,
+        timeout_s: float,
+    ) -> list[CancelledRun]:
+        entries = [
+            e
+            for e in self._by_key.get(key, {}).values()
+            if invocation_id is None or e.invocation_id == invocation_id
+        ]
+        for entry in entries:
+            entry.request_cancel(reason)
+        if wait and entries:
+            waiters = [asyncio.ensure_future(e.finished.wait()) for e in entries]
+            try:
+                await asyncio.wait(waiters, timeout=timeout_s)
+            finally:
+                for w in waiters:
+                    w.cancel()
+        return [e.outcome() for e in entries]
+
+    # -- used by the middleware and the routes ---------------------------------------------
+
+    def default_timeout_s(self) -> float:
+        return self.grace_s + WAIT_MARGIN_S
+
+    def register(self, key: SessionKey, route: Route) -> RunEntry:
+        entry = RunEntry(registry=self, key=key, route=route)
+        self._by_key.setdefault(key, {})[entry.run_id] = entry
+        self.backend.announce(entry.info())
+        return entry
+
+    def unregister(self, entry: RunEntry) -> None:
+        runs = self._by_key.get(entry.key)
+        if runs is not None and runs.pop(entry.run_id, None) is not None and not runs:
+            del self._by_key[entry.key]
+        self.backend.withdraw(entry.info())
+
+    def _rekey(self, entry: RunEntry, key: SessionKey) -> None:
+        if key == entry.key:
+            return
+        old = self._by_key.get(entry.key)
+        if old is not None and old.pop(entry.run_id, None) is not None and not old:
+            del self._by_key[entry.key]
+        self.backend.withdraw(entry.info())
+        entry.key = key
+        self._by_key.setdefault(key, {})[entry.run_id] = entry
+
+    async def list_all(self, key: SessionKey) -> list[RunInfo]:
+        """Runs of a session on every process; raises BackendUnavailable if others can't
+        be reached."""
+        await self.start()
+        local = self.list_runs(key)
+        remote = await self.backend.list_remote(key)
+        seen = {r.run_id for r in local}
+        return local + [r for r in remote if r.run_id not in seen]
+
+    async def cancel_all(
+        self,
+        key: SessionKey,
+        *,
+        invocation_id: str | None,
+        reason: str,
+        wait: bool,
+        timeout_s: float,
+    ) -> tuple[list[CancelledRun], BackendUnavailable | None]:
+        """Cancel the session's runs here and on every other process.
+
+        Local runs are cancelled even when the backend is down; the backend's error is
+        returned beside them for the route to report.
+        """
+        await self.start()
+        local_task = asyncio.ensure_future(
+            self.cancel(
+                key, invocation_id=invocation_id, reason=reason, wait=wait, timeout_s=timeout_s
+            )
+        )
+        try:
+            remote = await self.backend.cancel_remote(
+                key, invocation_id=invocation_id, reason=reason, wait=wait, timeout_s=timeout_s
+            )
+            error = None
+        except BackendUnavailable as exc:
+            remote, error = [], exc
+        finally:
+            local = await local_task
+        return local + remote, error

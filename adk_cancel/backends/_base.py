@@ -1,0 +1,70 @@
+"""The backend interface behind the run registry.
+
+Every server process keeps its own registry of the runs it holds (``LocalNode``). A backend
+connects those registries across processes: it announces this process's runs to the others,
+lists and cancels runs held elsewhere, and hands cancels that arrive for this process to the
+local registry. ``memory://`` has no other processes; ``redis://`` reaches them through Redis.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from .._models import CancelledRun, RunInfo, SessionKey
+
+
+class BackendUnavailable(RuntimeError):
+    """A cross-process operation could not reach the backend (answered as 503)."""
+
+
+@runtime_checkable
+class LocalNode(Protocol):
+    """What a backend calls back into: this process's registry."""
+
+    @property
+    def node_id(self) -> str: ...
+
+    def list_runs(self, key: SessionKey) -> list[RunInfo]: ...
+
+    def all_runs(self) -> list[RunInfo]: ...
+
+    async def cancel(
+        self,
+        key: SessionKey,
+        *,
+        invocation_id: str | None,
+        reason: str,
+        wait: bool,
+        timeout_s: float,
+    ) -> list[CancelledRun]: ...
+
+
+@runtime_checkable
+class CancelBackend(Protocol):
+    """A cross-process channel for run announcements and cancels.
+
+    ``announce`` and ``withdraw`` are called on the hot path of every run: they must neither
+    block nor raise (queue the work on a task the backend owns). ``list_remote`` and
+    ``cancel_remote`` cover the *other* processes only and raise ``BackendUnavailable`` when
+    those cannot be reached.
+    """
+
+    async def connect(self, node: LocalNode) -> None: ...
+
+    async def disconnect(self) -> None: ...
+
+    def announce(self, run: RunInfo) -> None: ...
+
+    def withdraw(self, run: RunInfo) -> None: ...
+
+    async def list_remote(self, key: SessionKey) -> list[RunInfo]: ...
+
+    async def cancel_remote(
+        self,
+        key: SessionKey,
+        *,
+        invocation_id: str | None,
+        reason: str,
+        wait: bool,
+        timeout_s: float,
+    ) -> list[CancelledRun]: ...

@@ -1,0 +1,39 @@
+"""``memory://``: one process, nothing to connect to."""
+
+from __future__ import annotations
+
+from .._models import CancelledRun, RunInfo, SessionKey
+from ._base import LocalNode
+
+
+class MemoryBackend:
+    """The default backend: every run lives in this process, so nothing is remote."""
+
+    def __init__(self) -> None:
+        self.node: LocalNode | None = None
+
+    async def connect(self, node: LocalNode) -> None:
+        self.node = node
+
+    async def disconnect(self) -> None:
+        self.node = None
+
+    def announce(self, run: RunInfo) -> None:
+        return None
+
+    def withdraw(self, run: RunInfo) -> None:
+        return None
+
+    async def list_remote(self, key: SessionKey) -> list[RunInfo]:
+        return []
+
+    async def cancel_remote(
+        self,
+        key: SessionKey,
+        *,
+        invocation_id: str | None,
+        reason: str,
+        wait: bool,
+        timeout_s: float,
+    ) -> list[CancelledRun]:
+        return []

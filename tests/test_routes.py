@@ -1,0 +1,95 @@
+"""The :cancel and /runs routes: scoping, bad input, and ADK's route that would swallow them."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from support import run_body, session_path, wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_cancel_route_is_not_taken_as_session_creation(client: TestClient) -> None:
+    response = client.post(session_path("nope") + ":cancel")
+    assert response.status_code == 404
+    assert response.json() == {
+        "detail": "No active run for session 'nope' of user 'u' in app 'slow_agent'."
+    }
+    # ADK's deprecated POST .../sessions/{session_id} would have created 'nope:cancel'.
+    assert client.get(session_path("nope:cancel")).status_code == 404
+    assert client.get("/apps/slow_agent/users/u/sessions").json() == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{not json",
+        b'{"wait": "maybe"}',
+        b'{"timeout_s": -1}',
+        b'{"unknown": 1}',
+        b'{"reason": "' + b"x" * 600 + b'"}',
+        b"[1, 2]",
+    ],
+)
+def test_bad_bodies_get_422(client: TestClient, body: bytes) -> None:
+    response = client.post(
+        session_path("s") + ":cancel", content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"]
+
+
+def test_unknown_app_user_or_session_get_404(client: TestClient) -> None:
+    for path in ("/apps/nope/users/u/sessions/s", "/apps/slow_agent/users/x/sessions/s"):
+        response = client.post(path + ":cancel", json={})
+        assert response.status_code == 404
+        assert response.json()["detail"].startswith("No active run for session")
+        listed = client.get(path + "/runs")
+        assert listed.status_code == 200 and listed.json()["runs"] == []
+
+
+def test_another_users_path_cannot_cancel_or_list_a_run(
+    client: TestClient, observed: list[dict[str, Any]]
+) -> None:
+    sid = client.post("/apps/slow_agent/users/u/sessions", json={}).json()["id"]
+    thread = threading.Thread(
+        target=lambda: client.post("/run", json=run_body(sid, "tool 30")), daemon=True
+    )
+    thread.start()
+    wait_until(lambda: any(o["event"] == "tool_started" for o in observed))
+    intruder = session_path(sid, user="mallory")
+    assert client.get(intruder + "/runs").json()["runs"] == []
+    assert client.post(intruder + ":cancel").status_code == 404
+    assert client.post(session_path(sid, app="other_app") + ":cancel").status_code == 404
+    assert len(client.get(session_path(sid) + "/runs").json()["runs"]) == 1
+    assert not any(o["event"] == "tool_cancelled" for o in observed)
+
+    assert client.post(session_path(sid) + ":cancel").status_code == 200
+    thread.join(5)
+
+
+def test_empty_body_and_empty_object_both_mean_defaults(
+    client: TestClient, observed: list[dict[str, Any]]
+) -> None:
+    sid = client.post("/apps/slow_agent/users/u/sessions", json={}).json()["id"]
+    for body in (None, {}):
+        thread = threading.Thread(
+            target=lambda: client.post("/run", json=run_body(sid, "tool 30")), daemon=True
+        )
+        thread.start()
+        wait_until(lambda: client.get(session_path(sid) + "/runs").json()["runs"])
+        response = client.post(session_path(sid) + ":cancel", json=body)
+        assert response.status_code == 200
+        assert response.json()["reason"] == "cancelled by request"
+        thread.join(5)
+
+
+def test_openapi_documents_the_routes(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    cancel = paths["/apps/{app_name}/users/{user_id}/sessions/{session_id}:cancel"]["post"]
+    assert {"200", "202", "404", "422", "503"} <= set(cancel["responses"])
+    assert "/apps/{app_name}/users/{user_id}/sessions/{session_id}/runs" in paths
