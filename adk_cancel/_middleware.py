@@ -373,7 +373,10 @@ class CancelMiddleware:
             producer = entry.producer
             if producer is not None and not producer.done():
                 producer.cancel()
-            else:
+            if producer is None or producer.done() or entry.route == "run_live":
+                # ADK's live handler waits for *all* its tasks once one is cancelled (a
+                # cancelled task is no exception to asyncio.wait(FIRST_EXCEPTION)): cancel the
+                # handler itself, whose finally cancels the rest.
                 app_scope.cancel()
             await anyio.sleep(FORCE_RETRY_S)
 

@@ -162,3 +162,7 @@ def _register_model_commands() -> None:
 
 _register_adk_commands()
 _register_model_commands()
+
+
+if __name__ == "__main__":
+    main()

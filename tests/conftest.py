@@ -6,7 +6,6 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-
 from support import SAMPLES, TEST_AGENTS, memory_services
 
 # ADK's agent loader imports agents by directory name; put both agent folders on the path

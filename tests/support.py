@@ -32,8 +32,13 @@ def message(text: str) -> dict[str, Any]:
 
 
 def run_body(session_id: str, text: str, app: str = "slow_agent", user: str = "u", **extra: Any):
-    return {"appName": app, "userId": user, "sessionId": session_id, "newMessage": message(text),
-            **extra}
+    return {
+        "appName": app,
+        "userId": user,
+        "sessionId": session_id,
+        "newMessage": message(text),
+        **extra,
+    }
 
 
 def session_path(session_id: str, app: str = "slow_agent", user: str = "u") -> str:

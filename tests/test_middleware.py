@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
+from support import run_body, session_path, wait_until
 
 from adk_cancel import WS_CLOSE_CANCELLED
-from support import run_body, session_path, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -41,8 +41,9 @@ def start_in_thread(fn: Any) -> tuple[threading.Thread, dict[str, Any]]:
 
 
 def wait_for_tool(observed: list[dict[str, Any]], sid: str) -> None:
-    wait_until(lambda: any(o["event"] == "tool_started" and o["session_id"] == sid
-                           for o in observed))
+    wait_until(
+        lambda: any(o["event"] == "tool_started" and o["session_id"] == sid for o in observed)
+    )
 
 
 def assert_follow_up_works(client: TestClient, sid: str, app: str = "slow_agent") -> None:
@@ -103,7 +104,7 @@ def test_run_sse_cancel_ends_stream_with_cancelled_event(
     final = json.loads(chunks[-1].split("data: ", 1)[1])
     assert final["errorCode"] == "CANCELLED" and final["cancelled"]["reason"] == "stop it"
     assert final["invocationId"] == response.json()["runs"][0]["invocation_id"]
-    partials = [json.loads(c[len("data: "):]) for c in chunks[:-1]]
+    partials = [json.loads(c[len("data: ") :]) for c in chunks[:-1]]
     assert any(p.get("partial") for p in partials), "the stream carried partial text first"
     assert any(o["event"] == "tool_cancelled" for o in observed)
     assert active_runs(client, sid) == []
@@ -189,13 +190,18 @@ def test_concurrent_runs_of_one_session_coexist(
         start_in_thread(lambda: client.post("/run", json=run_body(sid, "tool 30")))[0]
         for _ in range(2)
     ]
-    wait_until(lambda: len(active_runs(client, sid)) == 2
-               and all(r["invocation_id"] for r in active_runs(client, sid)))
+    wait_until(
+        lambda: (
+            len(active_runs(client, sid)) == 2
+            and all(r["invocation_id"] for r in active_runs(client, sid))
+        )
+    )
     first, second = active_runs(client, sid)
     assert first["run_id"] != second["run_id"]
 
-    only = client.post(session_path(sid) + ":cancel",
-                       json={"invocation_id": first["invocation_id"]})
+    only = client.post(
+        session_path(sid) + ":cancel", json={"invocation_id": first["invocation_id"]}
+    )
     assert [r["run_id"] for r in only.json()["runs"]] == [first["run_id"]]
     assert [r["run_id"] for r in active_runs(client, sid)] == [second["run_id"]]
 

@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-
 from support import run_body, session_path, wait_until
 
 pytestmark = pytest.mark.timeout(60)

@@ -1,0 +1,149 @@
+"""Cancel latency per route, and the middleware's cost on /run_sse throughput.
+
+Run: .venv/bin/python bench/cancel_latency.py [--trials 100] [--events 2000] [--rounds 5]
+
+Everything runs in this process against real uvicorn servers on loopback. For each route a
+run of the slow sample agent is started, the bench waits until its async tool is running,
+then sends ``:cancel`` (wait=true) and records
+  - stop_ms: the server's figure, from the cancel request reaching the run to the run's task
+    having ended (what the target is about), and
+  - round trip: the client's time for the whole ``:cancel`` request.
+Throughput: /run_sse events/s of a fast scripted agent, with adk-cancel vs plain ADK, in
+alternating rounds in the same process; the ratio is with / without.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import websockets
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "samples"), str(ROOT / "tests")]
+
+from slow_agent.agent import OBSERVED  # noqa: E402
+from support import memory_services, run_body, serve, session_path  # noqa: E402
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def wait_tool(sid: str) -> None:
+    deadline = time.monotonic() + 10
+    while not any(o["event"] == "tool_started" and o.get("session_id") == sid for o in OBSERVED):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the tool did not start")
+        await asyncio.sleep(0.002)
+
+
+async def one_trial(client: httpx.AsyncClient, url: str, route: str) -> tuple[float, float]:
+    sid = (await client.post("/apps/slow_agent/users/u/sessions", json={})).json()["id"]
+    if route == "run_live":
+        ws_url = url.replace("http", "ws", 1)
+        ws = await websockets.connect(
+            f"{ws_url}/run_live?app_name=slow_agent&user_id=u&session_id={sid}&modalities=TEXT"
+        )
+        await ws.send(json.dumps({"content": {"role": "user", "parts": [{"text": "tool 30"}]}}))
+        request: asyncio.Task[Any] | None = None
+    else:
+        body = run_body(sid, "tool 30", streaming=route == "run_sse")
+        request = asyncio.create_task(client.post(f"/{route}", json=body))
+    await wait_tool(sid)
+    started = time.perf_counter()
+    answer = await client.post(session_path(sid) + ":cancel")
+    round_trip = (time.perf_counter() - started) * 1000
+    run = answer.json()["runs"][0]
+    if request is not None:
+        await request
+    else:
+        await ws.close()
+    OBSERVED.clear()
+    return float(run["stop_ms"]), round_trip
+
+
+async def latency(url: str, trials: int) -> dict[str, tuple[list[float], list[float]]]:
+    out: dict[str, tuple[list[float], list[float]]] = {}
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        for route in ("run", "run_sse", "run_live"):
+            stops, trips = [], []
+            for _ in range(3):  # warm-up
+                await one_trial(client, url, route)
+            for _ in range(trials):
+                stop_ms, trip = await one_trial(client, url, route)
+                stops.append(stop_ms)
+                trips.append(trip)
+            out[route] = (stops, trips)
+    return out
+
+
+async def sse_events_per_s(url: str, events: int) -> float:
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        sid = (await client.post("/apps/slow_agent/users/u/sessions", json={})).json()["id"]
+        count = 0
+        started = time.perf_counter()
+        body = run_body(sid, f"fast {events}", streaming=True)
+        async with client.stream("POST", "/run_sse", json=body) as response:
+            async for line in response.aiter_lines():
+                count += line.startswith("data: ")
+        return count / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=100)
+    parser.add_argument("--events", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+
+    import logging
+
+    logging.getLogger("google_adk").setLevel(logging.ERROR)
+    from google.adk.cli.fast_api import get_fast_api_app
+
+    import adk_cancel
+
+    samples = str(ROOT / "samples")
+    with serve(adk_cancel.get_fast_api_app(agents_dir=samples, **memory_services())) as url:
+        results = asyncio.run(latency(url, args.trials))
+        print(f"cancel latency, {args.trials} trials per route (agent awaiting an async tool)")
+        print(f"{'route':<10} {'stop p50':>9} {'stop p99':>9} {'rtt p50':>9} {'rtt p99':>9}  ms")
+        for route, (stops, trips) in results.items():
+            print(
+                f"{route:<10} {statistics.median(stops):9.2f} {pct(stops, 0.99):9.2f} "
+                f"{statistics.median(trips):9.2f} {pct(trips, 0.99):9.2f}"
+                f"   target stop p99 < 20 ms: {'ok' if pct(stops, 0.99) < 20 else 'MISSED'}"
+            )
+        with_cancel = [0.0] * args.rounds
+        plain = [0.0] * args.rounds
+        with serve(get_fast_api_app(agents_dir=samples, **memory_services())) as plain_url:
+            asyncio.run(sse_events_per_s(url, 200))
+            asyncio.run(sse_events_per_s(plain_url, 200))
+            for i in range(args.rounds):
+                with_cancel[i] = asyncio.run(sse_events_per_s(url, args.events))
+                plain[i] = asyncio.run(sse_events_per_s(plain_url, args.events))
+    a, b = statistics.median(with_cancel), statistics.median(plain)
+    print(f"\n/run_sse throughput, {args.events} events x {args.rounds} rounds (median)")
+    print(f"plain ADK   {b:10.0f} events/s")
+    print(f"adk-cancel  {a:10.0f} events/s")
+    print(f"ratio       {a / b:10.3f}   target >= 0.97: {'ok' if a / b >= 0.97 else 'MISSED'}")
+
+    try:
+        from _redis_bench import main as redis_main
+    except ImportError:
+        return
+    print()
+    redis_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Against a real uvicorn server on loopback: streaming clients, and clients that just leave.
+
+Each disconnect test runs with the ASGI HTTP spec version uvicorn advertises (2.3, where
+Starlette notices idle disconnects itself) and with 2.4 (where it does not): adk-cancel must
+notice either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+from conftest import build_app
+from support import run_body, serve, session_path, wait_until
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture(scope="module", params=["2.3", "2.4"])
+def base_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    with serve(build_app(), spec_version=request.param) as url:
+        yield url
+
+
+def new_session(url: str) -> str:
+    return str(httpx.post(f"{url}/apps/slow_agent/users/u/sessions", json={}).json()["id"])
+
+
+def runs(url: str, sid: str) -> list[dict[str, Any]]:
+    return list(httpx.get(url + session_path(sid) + "/runs").json()["runs"])
+
+
+def tool_events(observed: list[dict[str, Any]], sid: str, kind: str) -> list[dict[str, Any]]:
+    return [o for o in observed if o["event"] == kind and o.get("session_id") == sid]
+
+
+async def test_sse_client_receives_final_cancelled_event(
+    base_url: str, observed: list[dict[str, Any]]
+) -> None:
+    sid = new_session(base_url)
+    lines: list[str] = []
+    async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
+
+        async def read_stream() -> None:
+            body = run_body(sid, "tool 30", streaming=True)
+            async with client.stream("POST", "/run_sse", json=body) as response:
+                assert response.status_code == 200
+                async for line in response.aiter_lines():
+                    lines.append(line)
+
+        reader = asyncio.create_task(read_stream())
+        try:
+            while not tool_events(observed, sid, "tool_started"):
+                await asyncio.sleep(0.01)
+            answer = await client.post(session_path(sid) + ":cancel", json={"reason": "enough"})
+            assert answer.status_code == 200
+            await asyncio.wait_for(reader, 2)
+        finally:
+            reader.cancel()
+    data = [json.loads(line[6:]) for line in lines if line.startswith("data: ")]
+    assert "event: cancelled" in lines
+    assert data[-1]["errorCode"] == "CANCELLED"
+    assert data[-1]["cancelled"]["reason"] == "enough"
+    assert any(d.get("partial") for d in data[:-1])
+    assert runs(base_url, sid) == []
+
+
+@pytest.mark.parametrize("route", ["run", "run_sse"])
+async def test_http_client_disconnect_aborts_the_run(
+    base_url: str, route: str, observed: list[dict[str, Any]]
+) -> None:
+    sid = new_session(base_url)
+    async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
+        body = run_body(sid, "tool 30", streaming=route == "run_sse")
+        request = asyncio.create_task(client.post(f"/{route}", json=body))
+        while not tool_events(observed, sid, "tool_started"):
+            await asyncio.sleep(0.01)
+        assert len(runs(base_url, sid)) == 1
+        request.cancel()  # closes the connection mid-run
+        with pytest.raises(asyncio.CancelledError):
+            await request
+    await asyncio.to_thread(wait_until, lambda: tool_events(observed, sid, "tool_cancelled"), 2.0)
+    await asyncio.to_thread(wait_until, lambda: runs(base_url, sid) == [], 2.0)
+    follow_up = httpx.post(base_url + "/run", json=run_body(sid, "quick"), timeout=10)
+    assert follow_up.status_code == 200, follow_up.text
+
+
+async def test_websocket_client_disconnect_ends_live_run(
+    base_url: str, observed: list[dict[str, Any]]
+) -> None:
+    sid = new_session(base_url)
+    ws_url = base_url.replace("http", "ws", 1)
+    url = f"{ws_url}/run_live?app_name=slow_agent&user_id=u&session_id={sid}&modalities=TEXT"
+    async with websockets.connect(url) as ws:
+        await ws.send(json.dumps({"content": {"role": "user", "parts": [{"text": "tool 30"}]}}))
+        while not tool_events(observed, sid, "tool_started"):
+            await asyncio.sleep(0.01)
+        assert [r["route"] for r in runs(base_url, sid)] == ["run_live"]
+    await asyncio.to_thread(wait_until, lambda: tool_events(observed, sid, "tool_cancelled"), 2.0)
+    await asyncio.to_thread(wait_until, lambda: runs(base_url, sid) == [], 2.0)
+    follow_up = httpx.post(base_url + "/run", json=run_body(sid, "quick"), timeout=10)
+    assert follow_up.status_code == 200, follow_up.text
+
+
+async def test_live_cancel_over_a_real_websocket(
+    base_url: str, observed: list[dict[str, Any]]
+) -> None:
+    sid = new_session(base_url)
+    ws_url = base_url.replace("http", "ws", 1)
+    url = f"{ws_url}/run_live?app_name=slow_agent&user_id=u&session_id={sid}&modalities=TEXT"
+    async with websockets.connect(url) as ws:
+        await ws.send(json.dumps({"content": {"role": "user", "parts": [{"text": "tool 30"}]}}))
+        while not tool_events(observed, sid, "tool_started"):
+            await asyncio.sleep(0.01)
+        async with httpx.AsyncClient(base_url=base_url) as client:
+            answer = await client.post(session_path(sid) + ":cancel")
+        assert answer.json()["runs"][0]["stopped_by"] == "force"
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:
+                await asyncio.wait_for(ws.recv(), 2)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4000
+    assert runs(base_url, sid) == []
