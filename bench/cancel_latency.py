@@ -29,8 +29,8 @@ import websockets
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "samples"), str(ROOT / "tests")]
 
-from slow_agent.agent import OBSERVED  # noqa: E402
-from support import memory_services, run_body, serve, session_path  # noqa: E402
+from slow_agent.agent import OBSERVED
+from support import memory_services, run_body, serve, session_path
 
 
 def pct(values: list[float], q: float) -> float:

@@ -1,4 +1,4 @@
-"""The drop-in CLI: `adk-cancel api_server` serves ADK with :cancel; `adk-cancel cancel` calls it."""
+"""The drop-in CLI: `adk-cancel api_server` serves ADK with :cancel; `cancel` calls it."""
 
 from __future__ import annotations
 
