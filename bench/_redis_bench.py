@@ -1,0 +1,156 @@
+"""Cancel latency across workers through Redis, next to the same-worker cancel.
+
+Run: .venv/bin/python bench/_redis_bench.py [--trials 100]
+(``bench/cancel_latency.py`` calls ``main()`` at its end.)
+
+Starts a throwaway ``redis-server`` and two server processes (``tests/backends/_worker.py``,
+sharing a SQLite session store). Each trial starts a /run of the slow sample agent on worker A,
+waits until its async tool is running, then sends ``:cancel`` (wait=true) either to A itself
+(same-worker) or to B (cross-worker: B asks A through Redis). The two kinds alternate, so both
+see the same conditions. Recorded per trial:
+  - rtt: the client's time for the whole ``:cancel`` request (what the Redis hop adds to), and
+  - stop: the holder's stop_ms, from the cancel reaching the run to its task having ended.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+for extra in (ROOT / "tests", ROOT / "tests" / "backends"):
+    if str(extra) not in sys.path:
+        sys.path.insert(0, str(extra))
+
+from backend_helpers import RedisServer, Worker, free_port, start_workers
+from support import run_body, session_path
+
+TARGET_P99_MS = 30.0
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+class _Events:
+    """Tails a worker's slow-agent event file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.started: set[str] = set()
+
+    def poll(self) -> None:
+        with self.path.open("rb") as f:
+            f.seek(self.offset)
+            chunk = f.read()
+        end = chunk.rfind(b"\n") + 1
+        self.offset += end
+        for line in chunk[:end].splitlines():
+            record = json.loads(line)
+            if record["event"] == "tool_started":
+                self.started.add(record["session_id"])
+
+
+async def _trial(
+    client: httpx.AsyncClient, holder: Worker, canceller: Worker, events: _Events
+) -> tuple[float, float]:
+    sid = (await client.post(f"{holder.url}/apps/slow_agent/users/u/sessions", json={})).json()[
+        "id"
+    ]
+    run = asyncio.create_task(client.post(f"{holder.url}/run", json=run_body(sid, "tool 30")))
+    deadline = time.monotonic() + 10
+    while sid not in events.started:
+        if run.done() or time.monotonic() > deadline:
+            raise RuntimeError(f"the tool did not start: {run.result().text if run.done() else ''}")
+        await asyncio.sleep(0.002)
+        events.poll()
+    started = time.perf_counter()
+    answer = await client.post(canceller.url + session_path(sid) + ":cancel")
+    rtt = (time.perf_counter() - started) * 1000
+    if answer.status_code != 200:
+        raise RuntimeError(f"cancel answered {answer.status_code}: {answer.text}")
+    [outcome] = answer.json()["runs"]
+    if outcome["stopped_by"] != "abort" or not holder.holds(outcome):
+        raise RuntimeError(f"unexpected outcome: {outcome}")
+    await run
+    return rtt, float(outcome["stop_ms"])
+
+
+async def measure(a: Worker, b: Worker, trials: int) -> dict[str, dict[str, list[float]]]:
+    """Alternate same-worker (A -> A) and cross-worker (B -> A via Redis) cancels."""
+    results: dict[str, dict[str, list[float]]] = {
+        "same-worker": {"rtt": [], "stop": []},
+        "cross-worker": {"rtt": [], "stop": []},
+    }
+    events = _Events(a.events)
+    async with httpx.AsyncClient(timeout=30) as client:
+        for i in range(trials * 2 + 6):
+            mode, canceller = ("same-worker", a) if i % 2 == 0 else ("cross-worker", b)
+            rtt, stop = await _trial(client, a, canceller, events)
+            if i >= 6:  # warm-up: first imports, connections, SQLite pages
+                results[mode]["rtt"].append(rtt)
+                results[mode]["stop"].append(stop)
+    return results
+
+
+def run_bench(trials: int = 100) -> dict[str, dict[str, list[float]]] | None:
+    """Measure with a throwaway Redis and two workers; None when redis-server is missing."""
+    if shutil.which("redis-server") is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="adk-cancel-redis-bench-") as tmp:
+        workdir = Path(tmp)
+        redis = RedisServer(free_port(), workdir)
+        redis.start()
+        workers: list[Worker] = []
+        try:
+            workers = start_workers(["a", "b"], redis.url, workdir)
+            return asyncio.run(measure(workers[0], workers[1], trials))
+        finally:
+            for worker in workers:
+                worker.stop()
+            redis.stop()
+
+
+def print_table(results: dict[str, dict[str, list[float]]]) -> None:
+    trials = len(results["same-worker"]["rtt"])
+    print(f"cancel across workers through Redis, {trials} trials each (two uvicorn processes)")
+    print(f"{'mode':<13} {'rtt p50':>9} {'rtt p99':>9} {'stop p50':>9} {'stop p99':>9}  ms")
+    for mode, values in results.items():
+        rtt, stop = values["rtt"], values["stop"]
+        line = (
+            f"{mode:<13} {statistics.median(rtt):9.2f} {pct(rtt, 0.99):9.2f} "
+            f"{statistics.median(stop):9.2f} {pct(stop, 0.99):9.2f}"
+        )
+        if mode == "cross-worker":
+            ok = pct(rtt, 0.99) < TARGET_P99_MS
+            line += f"   target rtt p99 < {TARGET_P99_MS:g} ms: {'ok' if ok else 'MISSED'}"
+        print(line)
+    same, cross = results["same-worker"]["rtt"], results["cross-worker"]["rtt"]
+    print(f"Redis hop: +{statistics.median(cross) - statistics.median(same):.2f} ms at p50")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=100)
+    # Called from cancel_latency.py with its own flags in sys.argv: ignore those.
+    args, _ = parser.parse_known_args(argv)
+    results = run_bench(args.trials)
+    if results is None:
+        print("cross-worker cancel: skipped (redis-server is not on PATH)")
+        return
+    print_table(results)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,353 @@
+"""Helpers of the backend tests: a real ``redis-server`` on a free loopback port, and a small
+real ``LocalNode`` whose runs are asyncio tasks that stop when they are told to abort."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from adk_cancel import CancelledRun, RunInfo, SessionKey
+from adk_cancel.backends import BackendUnavailable, CancelBackend
+
+REDIS_SERVER = shutil.which("redis-server")
+requires_redis = pytest.mark.skipif(
+    REDIS_SERVER is None,
+    reason="redis-server is not on PATH: install it (apt-get install redis-server) to run "
+    "the Redis backend tests; CI installs it",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pong(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class RedisServer:
+    """A throwaway ``redis-server`` (no persistence) that a test can stop and start again on
+    the same port."""
+
+    def __init__(self, port: int, workdir: Path) -> None:
+        self.port = port
+        self.workdir = workdir
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        assert REDIS_SERVER is not None
+        assert self.process is None, "already running"
+        # The port was free a moment ago; another process may take it before redis-server
+        # binds. Retrying is cheaper than a flaky test.
+        for _ in range(50):
+            self.process = subprocess.Popen(
+                [
+                    REDIS_SERVER,
+                    "--port", str(self.port),
+                    "--bind", "127.0.0.1",
+                    "--save", "",
+                    "--appendonly", "no",
+                    "--dir", str(self.workdir),
+                    "--loglevel", "warning",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and self.process.poll() is None:
+                if _pong(self.port):
+                    return
+                time.sleep(0.01)
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+            time.sleep(0.1)
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        # SIGKILL: an outage, not a clean shutdown (no final save, clients just see EOF).
+        process.kill()
+        process.wait(timeout=10)
+
+
+# -- a real LocalNode -------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Run:
+    info: RunInfo
+    task: asyncio.Task[None] | None = None
+    abort: asyncio.Event = field(default_factory=asyncio.Event)
+    stopped_by: str | None = None
+    stop_ms: float | None = None
+    cancel_at: float | None = None
+
+
+class SimpleNode:
+    """A minimal registry: each run is a task waiting for its abort (or for ``stop_delay_s``
+    more after it, or ignoring it when ``stubborn``). Like the core's registry, it announces
+    runs when they start and withdraws them when they end."""
+
+    def __init__(self, backend: CancelBackend, node_id: str | None = None) -> None:
+        self.backend = backend
+        self._node_id = node_id or f"test-node-{uuid.uuid4().hex[:8]}"
+        self.runs: dict[str, _Run] = {}
+        self.cancel_calls: list[dict[str, Any]] = []
+
+    @property
+    def node_id(self) -> str:
+        return self._node_id
+
+    def list_runs(self, key: SessionKey) -> list[RunInfo]:
+        return [r.info for r in self.runs.values() if _key(r.info) == key]
+
+    def all_runs(self) -> list[RunInfo]:
+        return [r.info for r in self.runs.values()]
+
+    def start_run(
+        self,
+        key: SessionKey,
+        *,
+        invocation_id: str | None = None,
+        stop_delay_s: float = 0.0,
+        stubborn: bool = False,
+    ) -> RunInfo:
+        info = RunInfo(
+            run_id=uuid.uuid4().hex,
+            app_name=key.app_name,
+            user_id=key.user_id,
+            session_id=key.session_id,
+            invocation_id=invocation_id,
+            route="run",
+            started_at=time.time(),
+            worker=self.node_id,
+        )
+        run = _Run(info)
+        run.task = asyncio.create_task(self._body(run, stop_delay_s, stubborn))
+        self.runs[info.run_id] = run
+        self.backend.announce(info)
+        return info
+
+    async def _body(self, run: _Run, stop_delay_s: float, stubborn: bool) -> None:
+        try:
+            await run.abort.wait()
+            if stubborn:
+                await asyncio.sleep(3600)
+            await asyncio.sleep(stop_delay_s)
+            run.stopped_by = "abort"
+        finally:
+            if run.cancel_at is not None:
+                run.stop_ms = (time.monotonic() - run.cancel_at) * 1000
+            self.runs.pop(run.info.run_id, None)
+            self.backend.withdraw(run.info)
+
+    def is_running(self, run_id: str) -> bool:
+        return run_id in self.runs
+
+    async def cancel(
+        self,
+        key: SessionKey,
+        *,
+        invocation_id: str | None,
+        reason: str,
+        wait: bool,
+        timeout_s: float,
+    ) -> list[CancelledRun]:
+        self.cancel_calls.append(
+            {"key": key, "invocation_id": invocation_id, "reason": reason, "wait": wait}
+        )
+        chosen = [
+            r
+            for r in self.runs.values()
+            if _key(r.info) == key and invocation_id in (None, r.info.invocation_id)
+        ]
+        for run in chosen:
+            if run.cancel_at is None:
+                run.cancel_at = time.monotonic()
+                run.info = run.info.model_copy(update={"cancelling": True})
+                self.backend.announce(run.info)
+            run.abort.set()
+        tasks = [r.task for r in chosen if r.task is not None]
+        if wait and tasks:
+            await asyncio.wait(tasks, timeout=timeout_s)
+        return [
+            CancelledRun(
+                run_id=r.info.run_id,
+                invocation_id=r.info.invocation_id,
+                route=r.info.route,
+                worker=self.node_id,
+                stopped=r.task is not None and r.task.done(),
+                stopped_by="abort" if r.task is not None and r.task.done() else None,
+                stop_ms=r.stop_ms,
+            )
+            for r in chosen
+        ]
+
+    async def close(self) -> None:
+        tasks = [r.task for r in self.runs.values() if r.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _key(info: RunInfo) -> SessionKey:
+    return SessionKey(info.app_name, info.user_id, info.session_id)
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[Any]],
+    *,
+    timeout: float = 3.0,
+    interval: float = 0.01,
+    retry_on: tuple[type[BaseException], ...] = (BackendUnavailable,),
+) -> Any:
+    """Await ``probe()`` until it returns something truthy (announcements are asynchronous;
+    a backend that is reconnecting raises ``BackendUnavailable`` meanwhile)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = await probe()
+        except retry_on as exc:
+            value = exc
+        else:
+            if value:
+                return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s (last: {value!r})")
+        await asyncio.sleep(interval)
+
+
+# -- two connected nodes over each backend kind -----------------------------------------------
+
+
+@dataclass
+class Cluster:
+    """Nodes sharing one backend kind; ``shared`` says whether they see each other."""
+
+    kind: str
+    shared: bool
+    make_backend: Callable[[], CancelBackend]
+    nodes: list[SimpleNode] = field(default_factory=list)
+
+    async def node(self, backend: CancelBackend | None = None) -> SimpleNode:
+        node = SimpleNode(backend if backend is not None else self.make_backend())
+        await node.backend.connect(node)
+        self.nodes.append(node)
+        return node
+
+    async def close(self) -> None:
+        for node in self.nodes:
+            await node.close()
+            await node.backend.disconnect()
+
+
+# -- real server processes --------------------------------------------------------------------
+
+WORKER_SCRIPT = Path(__file__).resolve().parent / "_worker.py"
+
+
+class Worker:
+    """One ``_worker.py`` server process on a loopback port."""
+
+    def __init__(self, name: str, backend_url: str, session_db: Path, workdir: Path) -> None:
+        self.name = name
+        self.port = free_port()
+        self.events = workdir / f"{name}-events.jsonl"
+        self.log = workdir / f"{name}.log"
+        self.events.write_text("")
+        env = {**os.environ, "SLOW_AGENT_EVENTS": str(self.events), "PYTHONUNBUFFERED": "1"}
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, str(WORKER_SCRIPT), str(self.port), backend_url, str(session_db)],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def holds(self, run: dict[str, Any]) -> bool:
+        """Whether a listed or cancelled run belongs to this process (node ids hold the pid)."""
+        return f":{self.pid}:" in str(run["worker"])
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker {self.name} exited:\n{self.log.read_text()}")
+            try:
+                if httpx.get(self.url + "/list-apps", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"worker {self.name} did not start:\n{self.log.read_text()}")
+
+    def observed(self, session_id: str | None = None) -> list[dict[str, Any]]:
+        records = [json.loads(line) for line in self.events.read_text().splitlines() if line]
+        return [r for r in records if session_id is None or r.get("session_id") == session_id]
+
+    def saw(self, event: str, session_id: str) -> bool:
+        return any(r["event"] == event for r in self.observed(session_id))
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+
+def start_workers(names: list[str], backend_url: str, workdir: Path) -> list[Worker]:
+    """Start the workers side by side (an import of ADK takes seconds) and wait for all."""
+    session_db = workdir / "sessions.db"
+    workers = [Worker(name, backend_url, session_db, workdir) for name in names]
+    try:
+        for worker in workers:
+            worker.wait_ready()
+    except BaseException:
+        for worker in workers:
+            worker.kill()
+        raise
+    return workers

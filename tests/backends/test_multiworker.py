@@ -1,0 +1,300 @@
+"""Two real server processes sharing one Redis and one SQLite session store.
+
+Each worker is a separate uvicorn process (``_worker.py``) built by
+``adk_cancel.get_fast_api_app(..., cancel_backend="redis://...")`` and serving the slow
+sample agent, which writes what it observes (its tool started, was cancelled) to a file per
+worker. A run started through one worker is listed and cancelled through the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from backend_helpers import REDIS_SERVER, RedisServer, Worker, free_port, start_workers
+from support import run_body, session_path
+
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not on PATH: CI installs it"),
+]
+
+
+TTL_S = 2.0
+"""Short, so that a killed worker's runs expire within the test."""
+
+
+class Cluster:
+    def __init__(self, redis: RedisServer, workers: list[Worker]) -> None:
+        self.redis = redis
+        # c is killed by one test; a and b serve the others.
+        self.a, self.b, self.c = workers
+        self.workers = workers
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        self.redis.stop()
+
+
+def make_cluster(workdir: Path) -> Cluster:
+    redis = RedisServer(free_port(), workdir)
+    redis.start()
+    try:
+        workers = start_workers(["a", "b", "c"], f"{redis.url}?announce_ttl_s={TTL_S}", workdir)
+    except BaseException:
+        redis.stop()
+        raise
+    return Cluster(redis, workers)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One Redis and three workers for the module: starting ADK processes takes seconds."""
+    result = make_cluster(tmp_path_factory.mktemp("cluster"))
+    yield result
+    result.close()
+
+
+@pytest.fixture
+async def http() -> Any:
+    async with httpx.AsyncClient(timeout=30) as client:
+        yield client
+
+
+async def until(predicate: Any, timeout: float = 10.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not met within {timeout} s")
+        await asyncio.sleep(0.01)
+
+
+async def new_session(http: httpx.AsyncClient, worker: Worker) -> str:
+    answer = await http.post(f"{worker.url}/apps/slow_agent/users/u/sessions", json={})
+    assert answer.status_code == 200, answer.text
+    return str(answer.json()["id"])
+
+
+async def start_run(
+    http: httpx.AsyncClient, worker: Worker, sid: str, route: str = "run"
+) -> asyncio.Task[httpx.Response]:
+    """Start a run whose tool waits 30 s; returns once the agent is inside the tool."""
+    body = run_body(sid, "tool 30", streaming=route == "run_sse")
+    task = asyncio.create_task(http.post(f"{worker.url}/{route}", json=body))
+    await until(lambda: worker.saw("tool_started", sid) or task.done(), what="tool started")
+    assert not task.done(), task.result().text
+    return task
+
+
+async def runs_at(http: httpx.AsyncClient, worker: Worker, sid: str) -> list[dict[str, Any]]:
+    answer = await http.get(worker.url + session_path(sid) + "/runs")
+    assert answer.status_code == 200, answer.text
+    return list(answer.json()["runs"])
+
+
+async def cancel_at(
+    http: httpx.AsyncClient, worker: Worker, sid: str, **body: Any
+) -> httpx.Response:
+    return await http.post(worker.url + session_path(sid) + ":cancel", json=body)
+
+
+async def assert_sealed_and_usable(http: httpx.AsyncClient, worker: Worker, sid: str) -> None:
+    """The aborted call got its error response, so the model accepts the next turn."""
+    session = (await http.get(worker.url + session_path(sid))).json()
+    responses = [
+        part["functionResponse"]
+        for event in session["events"]
+        for part in (event.get("content") or {}).get("parts") or []
+        if part.get("functionResponse")
+    ]
+    assert responses and "aborted" in str(responses[-1]["response"]).lower(), responses
+    follow_up = await http.post(f"{worker.url}/run", json=run_body(sid, "quick"))
+    assert follow_up.status_code == 200, follow_up.text
+    texts = [
+        part.get("text")
+        for event in follow_up.json()
+        for part in (event.get("content") or {}).get("parts") or []
+    ]
+    assert "Here is a quick answer." in texts
+
+
+@pytest.mark.parametrize("route", ["run", "run_sse"])
+async def test_run_on_a_is_cancelled_through_b(
+    cluster: Cluster, http: httpx.AsyncClient, route: str
+) -> None:
+    a, b = cluster.a, cluster.b
+    sid = await new_session(http, a)
+    request = await start_run(http, a, sid, route)
+
+    [listed] = await runs_at(http, b, sid)
+    assert a.holds(listed) and listed["route"] == route
+
+    answer = await cancel_at(http, b, sid, reason="from b")
+    assert answer.status_code == 200, answer.text
+    [run] = answer.json()["runs"]
+    assert run["run_id"] == listed["run_id"] and a.holds(run)
+    assert (run["stopped"], run["stopped_by"]) == (True, "abort")
+    assert answer.json()["reason"] == "from b"
+
+    finished = await asyncio.wait_for(request, 10)
+    assert finished.status_code == 200
+    assert a.saw("tool_cancelled", sid)
+    assert not b.observed(sid)  # B never ran anything of this session
+    for worker in (a, b):
+        await until(lambda w=worker: _empty(http, w, sid), what=f"{worker.name} empty")
+    await assert_sealed_and_usable(http, b, sid)
+
+
+async def test_wait_false_through_the_other_worker(
+    cluster: Cluster, http: httpx.AsyncClient
+) -> None:
+    a, b = cluster.a, cluster.b
+    sid = await new_session(http, b)
+    request = await start_run(http, b, sid)
+    answer = await cancel_at(http, a, sid, wait=False)
+    assert answer.status_code == 202, answer.text
+    assert answer.json()["status"] == "cancelling"
+    [run] = answer.json()["runs"]
+    assert b.holds(run) and run["stopped"] is False
+    await asyncio.wait_for(request, 10)
+    assert b.saw("tool_cancelled", sid)
+    await until(lambda: _empty(http, a, sid), what="listing empty")
+
+
+async def test_listing_across_workers(cluster: Cluster, http: httpx.AsyncClient) -> None:
+    a, b = cluster.a, cluster.b
+    on_a, on_b = await new_session(http, a), await new_session(http, a)
+    requests = [await start_run(http, a, on_a), await start_run(http, b, on_b, "run_sse")]
+
+    for worker in (a, b):
+        [run_a] = await runs_at(http, worker, on_a)
+        [run_b] = await runs_at(http, worker, on_b)
+        assert a.holds(run_a) and b.holds(run_b)
+        assert run_a["invocation_id"] and run_b["invocation_id"]
+        assert run_a["elapsed_ms"] > 0
+    assert await runs_at(http, b, "no-such-session") == []
+
+    # Cancel each through the worker that holds it (the local path, with Redis healthy).
+    for sid, worker in ((on_a, a), (on_b, b)):
+        answer = await cancel_at(http, worker, sid)
+        assert answer.status_code == 200
+        assert [r["stopped_by"] for r in answer.json()["runs"]] == ["abort"]
+    await asyncio.gather(*requests)
+    for worker in (a, b):
+        for sid in (on_a, on_b):
+            await until(lambda w=worker, s=sid: _empty(http, w, s), what="listing empty")
+
+
+async def test_requester_holding_runs_too(cluster: Cluster, http: httpx.AsyncClient) -> None:
+    """One cancel through B stops B's own run (locally) and A's (through Redis)."""
+    a, b = cluster.a, cluster.b
+    sid = await new_session(http, a)
+    on_a = await start_run(http, a, sid)
+    on_b = await start_run(http, b, sid)
+    assert sorted(a.holds(r) for r in await runs_at(http, b, sid)) == [False, True]
+
+    answer = await cancel_at(http, b, sid)
+    assert answer.status_code == 200, answer.text
+    runs = answer.json()["runs"]
+    assert sorted(a.holds(r) for r in runs) == [False, True]
+    assert all(r["stopped"] for r in runs)
+    [local] = [r for r in runs if b.holds(r)]
+    assert local["stopped_by"] == "abort"
+    # Not asserted: how A's run ends. Both runs appended to one SQLite session, and ADK's
+    # SqliteSessionService rejects A's sealing event as stale (its /run answers 500).
+    await asyncio.gather(on_a, on_b)
+    assert a.saw("tool_cancelled", sid) and b.saw("tool_cancelled", sid)
+    for worker in (a, b):
+        await until(lambda w=worker: _empty(http, w, sid), what=f"{worker.name} empty")
+
+
+async def test_no_run_anywhere_is_404(cluster: Cluster, http: httpx.AsyncClient) -> None:
+    sid = await new_session(http, cluster.a)
+    for worker in cluster.workers:
+        answer = await cancel_at(http, worker, sid)
+        assert answer.status_code == 404, answer.text
+        assert answer.json()["detail"].startswith("No active run for session")
+        assert await runs_at(http, worker, sid) == []
+
+
+async def test_a_killed_worker_leaves_the_listing_after_the_ttl(
+    cluster: Cluster, http: httpx.AsyncClient
+) -> None:
+    c, b = cluster.c, cluster.b
+    sid = await new_session(http, c)
+    request = await start_run(http, c, sid)
+    [listed] = await runs_at(http, b, sid)
+    assert c.holds(listed)
+
+    c.kill()  # SIGKILL: no shutdown, nothing withdrawn
+    killed_at = time.monotonic()
+    with pytest.raises(httpx.HTTPError):
+        await request
+    await until(lambda: _empty(http, b, sid), timeout=TTL_S * 3, what="killed run expired")
+    assert time.monotonic() - killed_at < TTL_S + 1.0
+    answer = await cancel_at(http, b, sid)
+    assert answer.status_code == 404, answer.text
+
+
+async def test_redis_outage(cluster: Cluster, http: httpx.AsyncClient) -> None:
+    a, b = cluster.a, cluster.b
+    remote_sid = await new_session(http, a)
+    remote_request = await start_run(http, a, remote_sid)
+    assert len(await runs_at(http, b, remote_sid)) == 1
+
+    cluster.redis.stop()
+    try:
+        # Cross-worker: 503 saying what is down, quickly.
+        started = time.monotonic()
+        answer = await cancel_at(http, b, remote_sid)
+        assert answer.status_code == 503, answer.text
+        assert f"Redis at {cluster.redis.url} is unreachable" in answer.json()["detail"]
+        listing = await http.get(b.url + session_path(remote_sid) + "/runs")
+        assert listing.status_code == 503
+        assert time.monotonic() - started < 2.0
+        assert not a.saw("tool_cancelled", remote_sid)
+
+        # Runs still start, and a worker still cancels its own.
+        local_sid = await new_session(http, b)
+        local_request = await start_run(http, b, local_sid)
+        answer = await cancel_at(http, b, local_sid)
+        assert answer.status_code == 200, answer.text
+        assert [r["stopped_by"] for r in answer.json()["runs"]] == ["abort"]
+        await asyncio.wait_for(local_request, 10)
+        assert b.saw("tool_cancelled", local_sid)
+    finally:
+        # Redis comes back empty: the workers re-announce by themselves.
+        cluster.redis.start()
+    await until(lambda: _listed_ok(http, b, remote_sid), timeout=10, what="re-announced")
+    answer = await cancel_at(http, b, remote_sid)
+    assert answer.status_code == 200, answer.text
+    [run] = answer.json()["runs"]
+    assert a.holds(run) and run["stopped_by"] == "abort"
+    await asyncio.wait_for(remote_request, 10)
+    assert a.saw("tool_cancelled", remote_sid)
+    await assert_sealed_and_usable(http, b, remote_sid)
+    # Each worker logged the outage once, and its end.
+    for worker in (a, b):
+        log = worker.log.read_text()
+        assert log.count("is unreachable") == 1, log
+        assert log.count("is reachable again") == 1, log
+
+
+async def _empty(http: httpx.AsyncClient, worker: Worker, sid: str) -> bool:
+    return await runs_at(http, worker, sid) == []
+
+
+async def _listed_ok(http: httpx.AsyncClient, worker: Worker, sid: str) -> bool:
+    answer = await http.get(worker.url + session_path(sid) + "/runs")
+    return answer.status_code == 200 and len(answer.json()["runs"]) == 1

@@ -1,0 +1,312 @@
+"""The Redis backend when Redis is missing, dies, hangs, or comes back.
+
+Every test runs a real ``redis-server`` (stopped with SIGKILL for an outage, started again
+on the same port, empty) and real ``SimpleNode`` registries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from backend_helpers import RedisServer, SimpleNode, eventually, free_port
+
+from adk_cancel import BackendUnavailable, SessionKey
+from adk_cancel.backends import backend_from_url
+from adk_cancel.backends.redis import RedisBackend
+
+pytestmark = pytest.mark.timeout(60)
+
+KEY = SessionKey("app", "user", "session")
+LOGGER = "adk_cancel.backends.redis"
+HERE = Path(__file__).resolve().parent
+
+
+def make(url: str, **options: float) -> RedisBackend:
+    return RedisBackend(url, key_prefix=f"t-{uuid.uuid4().hex[:8]}", **options)  # type: ignore[arg-type]
+
+
+def pair_backends(url: str, **options: float) -> tuple[RedisBackend, RedisBackend]:
+    prefix = f"t-{uuid.uuid4().hex[:8]}"
+    return (
+        RedisBackend(url, key_prefix=prefix, **options),  # type: ignore[arg-type]
+        RedisBackend(url, key_prefix=prefix, **options),  # type: ignore[arg-type]
+    )
+
+
+def outage_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [
+        r
+        for r in caplog.records
+        if r.name == LOGGER and r.levelno == logging.WARNING and "unreachable" in r.getMessage()
+    ]
+
+
+async def timed(coro: object) -> tuple[float, BaseException | None]:
+    started = time.monotonic()
+    try:
+        await coro  # type: ignore[misc]
+    except BaseException as exc:
+        return time.monotonic() - started, exc
+    return time.monotonic() - started, None
+
+
+async def our_tasks() -> list[asyncio.Task[object]]:
+    await asyncio.sleep(0)
+    return [
+        t
+        for t in asyncio.all_tasks()
+        if t.get_name().startswith("adk-cancel redis") and not t.done()
+    ]
+
+
+# -- options ----------------------------------------------------------------------------------
+
+
+def test_options_come_from_keywords_or_the_url() -> None:
+    backend = backend_from_url(
+        "redis://127.0.0.1:6390/2?announce_ttl_s=4.5&key_prefix=tenant-a&health_check_interval=3"
+    )
+    assert isinstance(backend, RedisBackend)
+    assert backend.announce_ttl_s == 4.5 and backend.key_prefix == "tenant-a"
+    # Our options are removed; redis-py's own stay for redis-py.
+    assert backend.url == "redis://127.0.0.1:6390/2?health_check_interval=3"
+    assert RedisBackend("redis://h/0?announce_ttl_s=9", announce_ttl_s=2).announce_ttl_s == 2
+    assert RedisBackend("unix:///tmp/redis.sock?db=1").url == "unix:///tmp/redis.sock?db=1"
+    for bad in ("announce_ttl_s=0", "op_timeout_s=-1", "ack_timeout_s=soon", "key_prefix="):
+        with pytest.raises(ValueError, match=bad.split("=")[0]):
+            RedisBackend(f"redis://h/0?{bad}")
+
+
+async def test_password_never_shows(caplog: pytest.LogCaptureFixture) -> None:
+    port = free_port()  # nothing listens there
+    backend = make(f"redis://user:s3cret@127.0.0.1:{port}/0")
+    assert backend.display_url == f"redis://user:***@127.0.0.1:{port}/0"
+    node = SimpleNode(backend)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        await backend.connect(node)
+        with pytest.raises(BackendUnavailable) as info:
+            await backend.list_remote(KEY)
+        await backend.disconnect()
+    assert "s3cret" not in str(info.value)
+    assert "s3cret" not in caplog.text
+    assert "user:***@" in str(info.value)
+
+
+# -- outages ----------------------------------------------------------------------------------
+
+
+async def test_redis_down_at_startup_then_it_comes_back(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    redis_server.stop()
+    a, b = pair_backends(redis_server.url, announce_ttl_s=3)
+    node_a, node_b = SimpleNode(a), SimpleNode(b)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        elapsed, error = await timed(a.connect(node_a))
+        assert error is None and elapsed < 1.0  # startup is not held up, and does not fail
+        await b.connect(node_b)
+        run = node_a.start_run(KEY)  # announce while down: no error
+        assert not a.connected
+
+        for _ in range(3):
+            elapsed, error = await timed(a.list_remote(KEY))
+            assert isinstance(error, BackendUnavailable) and elapsed < 1.0
+            assert str(error).startswith(f"Redis at {redis_server.url} is unreachable: ")
+            assert error.__cause__ is not None
+            elapsed, error = await timed(
+                b.cancel_remote(KEY, invocation_id=None, reason="r", wait=True, timeout_s=1)
+            )
+            assert isinstance(error, BackendUnavailable) and elapsed < 1.0
+        # Local cancels do not go through the backend at all.
+        assert [r.stopped for r in await node_a.cancel(
+            KEY._replace(session_id="x"), invocation_id=None, reason="r", wait=True, timeout_s=1
+        )] == []  # fmt: skip
+        assert len(outage_warnings(caplog)) == 2  # one per backend, not one per call
+
+        redis_server.start()
+        # No manual step: the run announced while Redis was down shows up, and cancels work.
+        listed = await eventually(lambda: b.list_remote(KEY), timeout=5)
+        assert [r.run_id for r in listed] == [run.run_id]
+        [outcome] = await b.cancel_remote(
+            KEY, invocation_id=None, reason="back", wait=True, timeout_s=2
+        )
+        assert (outcome.run_id, outcome.stopped_by) == (run.run_id, "abort")
+        assert a.connected and b.connected
+    assert any("reachable again" in r.getMessage() for r in caplog.records)
+    await node_a.close()
+    await a.disconnect()
+    await b.disconnect()
+
+
+async def test_redis_dies_mid_run_and_recovers(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b = pair_backends(redis_server.url, announce_ttl_s=3)
+    node_a, node_b = SimpleNode(a), SimpleNode(b)
+    await a.connect(node_a)
+    await b.connect(node_b)
+    first = node_a.start_run(KEY)
+    await eventually(lambda: b.list_remote(KEY))
+
+    for outage in (1, 2):
+        with caplog.at_level(logging.WARNING, logger=LOGGER):
+            caplog.clear()
+            redis_server.stop()
+            # The pub/sub connection sees the EOF at once; list/cancel fail fast meanwhile.
+            for _ in range(5):
+                elapsed, error = await timed(b.list_remote(KEY))
+                assert isinstance(error, BackendUnavailable), error
+                assert elapsed < 1.0
+                elapsed, error = await timed(
+                    b.cancel_remote(KEY, invocation_id=None, reason="r", wait=False, timeout_s=1)
+                )
+                assert isinstance(error, BackendUnavailable) and elapsed < 1.0
+            # Runs keep starting and ending: announce/withdraw never raise.
+            late = node_a.start_run(KEY, invocation_id=f"late-{outage}")
+            short = node_b.start_run(KEY._replace(session_id="short"))
+            await node_b.cancel(
+                KEY._replace(session_id="short"), invocation_id=None, reason="local",
+                wait=True, timeout_s=1,
+            )  # fmt: skip
+            assert not node_b.is_running(short.run_id)
+            await eventually(lambda: _async(not a.connected and not b.connected))
+            assert len(outage_warnings(caplog)) == 2, [r.getMessage() for r in caplog.records]
+
+            redis_server.start()  # empty: everything must be re-announced
+
+            async def both_listed(late_id: str = late.run_id) -> bool:
+                ids = {r.run_id for r in await b.list_remote(KEY)}
+                return ids == {first.run_id, late_id}
+
+            await eventually(both_listed, timeout=5)
+            assert len(outage_warnings(caplog)) == 2  # no new warning while recovering
+        [outcome] = await b.cancel_remote(
+            KEY, invocation_id=late.invocation_id, reason="back", wait=True, timeout_s=2
+        )
+        assert (outcome.run_id, outcome.stopped_by) == (late.run_id, "abort")
+    assert node_a.is_running(first.run_id)
+    await node_a.close()
+    await node_b.close()
+    await a.disconnect()
+    await b.disconnect()
+    assert await our_tasks() == []
+
+
+async def test_a_hanging_redis_answers_within_the_op_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Accepts connections (the kernel's backlog) but never answers a byte.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        backend = make(f"redis://127.0.0.1:{port}/0", op_timeout_s=0.2)
+        node = SimpleNode(backend)
+        with caplog.at_level(logging.WARNING, logger=LOGGER):
+            elapsed, error = await timed(backend.connect(node))
+            assert error is None and elapsed < 1.5
+            node.start_run(KEY)
+            elapsed, error = await timed(backend.list_remote(KEY))
+            assert isinstance(error, BackendUnavailable) and elapsed < 1.5
+            elapsed, error = await timed(backend.disconnect())
+            assert error is None and elapsed < 1.5
+        assert len(outage_warnings(caplog)) == 1
+        await node.close()
+
+
+async def test_disconnect_forgets_this_node_and_ends_every_task(
+    redis_server: RedisServer,
+) -> None:
+    a, b = pair_backends(redis_server.url, announce_ttl_s=30)
+    node_a, node_b = SimpleNode(a), SimpleNode(b)
+    await a.connect(node_a)
+    await b.connect(node_b)
+    node_a.start_run(KEY)
+    node_b.start_run(KEY)
+    await eventually(lambda: b.list_remote(KEY))
+    assert len(await our_tasks()) == 4  # a writer and a reader per backend
+
+    # A cancel being served when the holder shuts down is ended too.
+    node_a.start_run(KEY._replace(session_id="stubborn"), stubborn=True)
+    await eventually(lambda: b.list_remote(KEY._replace(session_id="stubborn")))
+    pending = asyncio.create_task(
+        b.cancel_remote(
+            KEY._replace(session_id="stubborn"), invocation_id=None, reason="r", wait=True,
+            timeout_s=30,
+        )
+    )  # fmt: skip
+    await asyncio.sleep(0.1)
+    await a.disconnect()
+    # The TTL is 30 s, yet the graceful shutdown removed A at once.
+    assert await b.list_remote(KEY) == []
+    # B's request gets no answer from A any more; it ends within its own bound.
+    b.reply_margin_s = 0.2
+    await node_a.close()
+    await b.disconnect()
+    with pytest.raises(BackendUnavailable, match="shutting down"):
+        await pending
+    assert await our_tasks() == []
+    await node_b.close()
+
+
+HOLDER = """
+import asyncio, sys
+sys.path[:0] = sys.argv[3:]
+from adk_cancel import SessionKey
+from adk_cancel.backends.redis import RedisBackend
+from backend_helpers import SimpleNode
+
+async def main():
+    node = SimpleNode(RedisBackend(sys.argv[1], key_prefix=sys.argv[2], announce_ttl_s=1.0))
+    await node.backend.connect(node)
+    run = node.start_run(SessionKey("app", "user", "session"))
+    print(node.node_id, run.run_id, flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_killed_holder_is_reported_not_stopped_until_it_expires(
+    redis_server: RedisServer,
+) -> None:
+    prefix = f"t-{uuid.uuid4().hex[:8]}"
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", HOLDER, redis_server.url, prefix, str(HERE), str(HERE.parent),
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None
+        line = await asyncio.wait_for(holder.stdout.readline(), 30)
+        holder_id, run_id = line.decode().split()
+        b = RedisBackend(redis_server.url, key_prefix=prefix, ack_timeout_s=0.5)
+        await b.connect(SimpleNode(b))
+        [listed] = await eventually(lambda: b.list_remote(KEY))
+        assert (listed.run_id, listed.worker) == (run_id, holder_id)
+    finally:
+        holder.kill()  # SIGKILL: no goodbye, its entries stay until the TTL runs out
+        await holder.wait()
+
+    # Until then it is listed, and a cancel reports its run as not stopped (nobody listens).
+    [outcome] = await b.cancel_remote(KEY, invocation_id=None, reason="r", wait=False, timeout_s=1)
+    assert (outcome.run_id, outcome.stopped, outcome.worker) == (run_id, False, holder_id)
+
+    async def expired() -> bool:
+        return await b.list_remote(KEY) == []
+
+    started = time.monotonic()
+    await eventually(expired, timeout=3)
+    assert time.monotonic() - started < 1.5  # the TTL is 1 s
+    assert await b.cancel_remote(KEY, invocation_id=None, reason="r", wait=True, timeout_s=1) == []
+    await b.disconnect()
+
+
+async def _async(value: object) -> object:
+    return value

@@ -1,0 +1,66 @@
+"""The :cancel route of a real adk-cancel server stops an MLX generation within one token.
+
+Uvicorn on loopback, the app from ``adk_cancel.get_fast_api_app``, the tiny model talking
+until stopped (tests/mlx/agents/tiny_mlx_agent), httpx as the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from conftest import AGENTS
+from support import memory_services, run_body, serve, session_path
+from tiny_mlx_agent.agent import TALKING
+
+import adk_cancel
+import adk_cancel.mlx as amlx
+
+pytestmark = pytest.mark.timeout(90)
+
+APP = "tiny_mlx_agent"
+
+
+@pytest.fixture(scope="module")
+def base_url(tiny_model: str) -> Iterator[str]:
+    with serve(adk_cancel.get_fast_api_app(agents_dir=str(AGENTS), **memory_services())) as url:
+        yield url
+
+
+async def _session(client: httpx.AsyncClient) -> str:
+    response = await client.post(f"/apps/{APP}/users/u/sessions", json={})
+    assert response.status_code == 200, response.text
+    return str(response.json()["id"])
+
+
+@pytest.mark.parametrize("route", ["run_sse", "run"])
+async def test_cancel_route_stops_the_model_within_one_token(base_url: str, route: str) -> None:
+    worker = amlx.get_worker()
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        sid = await _session(client)
+        TALKING.clear()
+        body = run_body(sid, "Talk to me.", app=APP, streaming=route == "run_sse")
+        run = asyncio.create_task(client.post(f"/{route}", json=body))
+        assert await asyncio.to_thread(TALKING.wait, 30), "the model never started talking"
+        answer = await client.post(session_path(sid, app=APP) + ":cancel", json={})
+        # The route waited for the run to stop, and the run for the model: idle now.
+        assert worker.idle.is_set()
+        assert answer.status_code == 200, answer.text
+        cancelled: dict[str, Any] = answer.json()
+        assert cancelled["status"] == "cancelled" and cancelled["session_id"] == sid
+        (stopped,) = cancelled["runs"]
+        assert stopped["stopped"] is True and stopped["stopped_by"] == "abort"
+        response = await asyncio.wait_for(run, 10)
+        assert response.status_code in (200, 499), response.text
+        session = (await client.get(session_path(sid, app=APP))).json()
+
+    stats = worker.history[-1]
+    assert stats.finish == "cancelled" and stats.generated_tokens >= 15
+    assert stats.tokens_after_cancel <= 1, stats
+    assert stats.cancel_to_idle_s is not None and stats.cancel_to_idle_s < 0.25
+    # ADK sealed the aborted invocation; nothing of the unfinished answer is left dangling.
+    assert session["events"][0]["author"] == "user"
+    assert all(not e.get("partial") for e in session["events"])
