@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from support import SAMPLES, TEST_AGENTS, memory_services
+from support import SAMPLES, TEST_AGENTS, build_app
 
 # ADK's agent loader imports agents by directory name; put both agent folders on the path
 # so tests share the very modules (and their OBSERVED lists) that the server runs.
@@ -22,12 +22,6 @@ def observed() -> Iterator[list[dict[str, Any]]]:
     OBSERVED.clear()
     yield OBSERVED
     OBSERVED.clear()
-
-
-def build_app(agents_dir: str = str(SAMPLES), **kwargs: Any) -> Any:
-    import adk_cancel
-
-    return adk_cancel.get_fast_api_app(agents_dir=agents_dir, **{**memory_services(), **kwargs})
 
 
 @pytest.fixture

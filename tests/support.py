@@ -89,3 +89,9 @@ def serve(app: Any, *, spec_version: str | None = None) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=15)
         assert not thread.is_alive(), "uvicorn did not stop"
+
+
+def build_app(agents_dir: str = str(SAMPLES), **kwargs: Any) -> Any:
+    import adk_cancel
+
+    return adk_cancel.get_fast_api_app(agents_dir=agents_dir, **{**memory_services(), **kwargs})

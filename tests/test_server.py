@@ -15,8 +15,7 @@ from typing import Any
 import httpx
 import pytest
 import websockets
-from conftest import build_app
-from support import run_body, serve, session_path, wait_until
+from support import build_app, run_body, serve, session_path, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from conftest import AGENTS
 from support import memory_services, run_body, serve, session_path
 from tiny_mlx_agent.agent import TALKING
 
 import adk_cancel
 import adk_cancel.mlx as amlx
+
+AGENTS = Path(__file__).resolve().parent / "agents"
 
 pytestmark = pytest.mark.timeout(90)
 
