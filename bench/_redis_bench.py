@@ -104,6 +104,41 @@ async def measure(a: Worker, b: Worker, trials: int) -> dict[str, dict[str, list
     return results
 
 
+async def backend_hop(url: str, trials: int) -> list[float]:
+    """The backend alone: two RedisBackends and real SimpleNodes in this process, timing
+    ``cancel_remote`` (wait=true) of a run that stops as soon as it is aborted."""
+    from backend_helpers import SimpleNode
+
+    from adk_cancel import SessionKey
+    from adk_cancel.backends.redis import RedisBackend
+
+    holder = SimpleNode(RedisBackend(url, key_prefix="bench"))
+    requester = SimpleNode(RedisBackend(url, key_prefix="bench"))
+    for node in (holder, requester):
+        await node.backend.connect(node)
+    times: list[float] = []
+    try:
+        for i in range(trials + 10):
+            key = SessionKey("bench", "u", f"s{i}")
+            holder.start_run(key)
+            while not await requester.backend.list_remote(key):
+                await asyncio.sleep(0.001)
+            started = time.perf_counter()
+            [outcome] = await requester.backend.cancel_remote(
+                key, invocation_id=None, reason="bench", wait=True, timeout_s=5
+            )
+            elapsed = (time.perf_counter() - started) * 1000
+            if outcome.stopped_by != "abort":
+                raise RuntimeError(f"unexpected outcome: {outcome}")
+            if i >= 10:
+                times.append(elapsed)
+    finally:
+        for node in (holder, requester):
+            await node.close()
+            await node.backend.disconnect()
+    return times
+
+
 def run_bench(trials: int = 100) -> dict[str, dict[str, list[float]]] | None:
     """Measure with a throwaway Redis and two workers; None when redis-server is missing."""
     if shutil.which("redis-server") is None:
@@ -115,7 +150,9 @@ def run_bench(trials: int = 100) -> dict[str, dict[str, list[float]]] | None:
         workers: list[Worker] = []
         try:
             workers = start_workers(["a", "b"], redis.url, workdir)
-            return asyncio.run(measure(workers[0], workers[1], trials))
+            results = asyncio.run(measure(workers[0], workers[1], trials))
+            results["backend hop"] = {"rtt": asyncio.run(backend_hop(redis.url, trials))}
+            return results
         finally:
             for worker in workers:
                 worker.stop()
@@ -127,17 +164,19 @@ def print_table(results: dict[str, dict[str, list[float]]]) -> None:
     print(f"cancel across workers through Redis, {trials} trials each (two uvicorn processes)")
     print(f"{'mode':<13} {'rtt p50':>9} {'rtt p99':>9} {'stop p50':>9} {'stop p99':>9}  ms")
     for mode, values in results.items():
-        rtt, stop = values["rtt"], values["stop"]
-        line = (
-            f"{mode:<13} {statistics.median(rtt):9.2f} {pct(rtt, 0.99):9.2f} "
-            f"{statistics.median(stop):9.2f} {pct(stop, 0.99):9.2f}"
-        )
+        rtt, stop = values["rtt"], values.get("stop")
+        line = f"{mode:<13} {statistics.median(rtt):9.2f} {pct(rtt, 0.99):9.2f} "
+        if stop:
+            line += f"{statistics.median(stop):9.2f} {pct(stop, 0.99):9.2f}"
+        else:
+            line += f"{'-':>9} {'-':>9}"
         if mode == "cross-worker":
             ok = pct(rtt, 0.99) < TARGET_P99_MS
             line += f"   target rtt p99 < {TARGET_P99_MS:g} ms: {'ok' if ok else 'MISSED'}"
         print(line)
     same, cross = results["same-worker"]["rtt"], results["cross-worker"]["rtt"]
     print(f"Redis hop: +{statistics.median(cross) - statistics.median(same):.2f} ms at p50")
+    print("backend hop: RedisBackend.cancel_remote alone, two backends in one process")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,6 +10,12 @@ Layout (prefix ``adk-cancel`` by default; ids are percent-encoded so any charact
 - ``{prefix}:chan:{node}``: the pub/sub channel of one process. Cancel requests for its runs
   arrive there, and so do the replies to the cancels it sent (matched by request id).
 
+A cross-process cancel: HGETALL the session's hash, PUBLISH one request per holding node
+(PUBLISH counts the subscribers, so a node that is not listening is known at once), each
+holder runs its registry's ``cancel`` and PUBLISHes its ``CancelledRun`` list back; the
+requester waits for every reply, at most ``timeout_s + reply_margin_s`` (wait=true) or
+``ack_timeout_s`` (wait=false). No polling anywhere on that path.
+
 Options can also be given as query parameters of the URL (``?announce_ttl_s=5``); they are
 removed before the URL reaches redis-py. Keyword arguments win over the URL.
 """
@@ -24,11 +30,12 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Annotated, Any, Literal, cast
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
+from pydantic import BaseModel, Field, TypeAdapter
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
@@ -56,6 +63,8 @@ _OPTION_NAMES = (
 _UNREACHABLE: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
 _FAILURES: tuple[type[BaseException], ...] = (RedisError, OSError)
 _FIRST_RETRY_S = 0.05
+"""First reconnect delay; it doubles up to reconnect_interval_s. Short, since a restarted
+Redis is usually back within a second."""
 
 
 @dataclass
@@ -79,6 +88,34 @@ class _Pending:
     def settle(self) -> None:
         if self.failure is not None or self.expected <= (self.replies.keys() | self.errors.keys()):
             self.done.set()
+
+
+class _CancelMessage(BaseModel):
+    """Sent on a holder's channel."""
+
+    type: Literal["cancel"] = "cancel"
+    request_id: str
+    reply_to: str
+    key: tuple[str, str, str]
+    invocation_id: str | None
+    reason: str
+    wait: bool
+    timeout_s: float = Field(gt=0)
+
+
+class _ReplyMessage(BaseModel):
+    """Sent back on the requester's channel: the holder's outcome, or why it failed."""
+
+    type: Literal["reply"] = "reply"
+    request_id: str
+    node: str
+    runs: list[CancelledRun] = Field(default_factory=list)
+    error: str | None = None
+
+
+_MESSAGE: TypeAdapter[_CancelMessage | _ReplyMessage] = TypeAdapter(
+    Annotated[_CancelMessage | _ReplyMessage, Field(discriminator="type")]
+)
 
 
 def _split_options(url: str) -> tuple[str, dict[str, str]]:
@@ -140,6 +177,20 @@ async def _get(queue: asyncio.Queue[_Op], timeout_s: float) -> _Op | None:
         if not getter.done():
             getter.cancel()
     return getter.result() if getter.done() and not getter.cancelled() else None
+
+
+async def _bounded(awaitable: Awaitable[object], timeout_s: float) -> None:
+    """Await within ``timeout_s`` or raise redis' TimeoutError (cancellable, unlike 3.11's
+    wait_for, see ``_wait_event``)."""
+    task = asyncio.ensure_future(awaitable)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    finally:
+        if not task.done():
+            task.cancel()
+    if not done:
+        raise RedisTimeoutError(f"no answer within {timeout_s:g} s")
+    task.result()
 
 
 async def _end_tasks(tasks: list[asyncio.Task[None]]) -> None:
@@ -237,7 +288,10 @@ class RedisBackend:
         return f"{self.key_prefix}:runs:{_enc(app_name)}/{_enc(user_id)}/{_enc(session_id)}"
 
     def _run_field(self, run: RunInfo) -> str:
-        return f"{_enc(self._node_id)}/{run.run_id}"
+        return self._run_field_of(self._node_id, run)
+
+    def _run_field_of(self, node_id: str, run: RunInfo) -> str:
+        return f"{_enc(node_id)}/{run.run_id}"
 
     @property
     def _ttl_ms(self) -> int:
@@ -274,8 +328,13 @@ class RedisBackend:
             self.url, retry=Retry(NoBackoff(), 1, (RedisConnectionError,)), **common
         )
         # The subscription: no retry at all. Its EOF is how an outage or a restart (which
-        # loses every key) is noticed, and a silent resubscribe would hide that.
-        self._sub_client = Redis.from_url(self.url, retry=Retry(NoBackoff(), 0), **common)
+        # loses every key) is noticed, and a silent resubscribe would hide that. No read
+        # timeout: redis-py before 8.x applies socket_timeout to a blocking get_message (its
+        # issue #4098), which would end an idle subscription every op_timeout_s. A Redis that
+        # hangs without closing the socket is noticed by the heartbeat's writes instead.
+        self._sub_client = Redis.from_url(
+            self.url, retry=Retry(NoBackoff(), 0), **{**common, "socket_timeout": None}
+        )
         # Startup must not fail because Redis is down: the first attempt logs, the loop retries.
         await self._attempt_connect()
         self._main_task = asyncio.create_task(
@@ -327,11 +386,18 @@ class RedisBackend:
         assert self._kick is not None
         retry_s = _FIRST_RETRY_S
         while not self._closing:
-            if self._up:
-                retry_s = _FIRST_RETRY_S
-                await self._serve()
-                continue
-            if await self._attempt_connect():
+            try:
+                if self._up:
+                    retry_s = _FIRST_RETRY_S
+                    await self._serve()
+                    continue
+                if await self._attempt_connect():
+                    continue
+            except Exception:
+                # A bug here (or in the registry's all_runs) must not stop the heartbeats
+                # for good: log it and go on after a pause.
+                logger.exception("adk-cancel: the Redis backend's loop failed; retrying")
+                await asyncio.sleep(self.reconnect_interval_s)
                 continue
             await _wait_event(self._kick, retry_s)
             self._kick.clear()
@@ -349,7 +415,8 @@ class RedisBackend:
             # Connections pooled before an outage point at a server that is gone.
             await client.connection_pool.disconnect()
             await client.ping()
-            await pubsub.subscribe(self._channel(self._node_id))
+            # Bounded by hand: this connection has no read timeout (see connect()).
+            await _bounded(pubsub.subscribe(self._channel(self._node_id)), self.op_timeout_s)
             # Everything queued while down is covered by the snapshot below; later calls queue.
             while not ops.empty():
                 ops.get_nowait()
@@ -438,11 +505,10 @@ class RedisBackend:
             pending.settle()
 
     def _unavailable(self, exc: BaseException | None) -> BackendUnavailable:
-        cause = f"{type(exc).__name__}: {exc}" if exc is not None else "not connected"
+        cause = f"{type(exc).__name__}: {exc}".rstrip(".") if exc is not None else "not connected"
         error = BackendUnavailable(
-            f"Redis at {self.display_url} is unreachable: {cause}. Cross-worker cancel and "
-            "listing need it; start Redis or fix the cancel backend URL (same-worker runs are "
-            "not affected)."
+            f"Redis at {self.display_url} is unreachable: {cause} (check that Redis is "
+            "running and the cancel backend URL is right)"
         )
         error.__cause__ = exc
         return error
@@ -529,6 +595,9 @@ class RedisBackend:
     async def _write_ops(self, client: Redis, batch: Iterable[_Op]) -> None:
         ttl_ms = self._ttl_ms
         commands = 0
+        # Applied to _published only once Redis has them: a write lost in an outage stays
+        # listed there, so the snapshot after reconnecting removes what it left behind.
+        changes: list[tuple[str, tuple[str, str] | None]] = []
         async with client.pipeline(transaction=False) as pipe:
             for op in batch:
                 run = op.run
@@ -537,18 +606,23 @@ class RedisBackend:
                     run_field = self._run_field(run)
                     pipe.hset(hash_key, run_field, run.model_dump_json())
                     pipe.pexpire(hash_key, ttl_ms)
-                    self._published[run.run_id] = (hash_key, run_field)
+                    changes.append((run.run_id, (hash_key, run_field)))
                     commands += 2
                 elif op.kind == "withdraw" and run is not None:
                     hash_key = self._runs_key(run.app_name, run.user_id, run.session_id)
                     pipe.hdel(hash_key, self._run_field(run))
-                    self._published.pop(run.run_id, None)
+                    changes.append((run.run_id, None))
                     commands += 1
                 elif op.kind == "prune" and op.fields:
                     pipe.hdel(op.hash_key, *op.fields)
                     commands += 1
             if commands:
                 await pipe.execute()
+        for run_id, location in changes:
+            if location is None:
+                self._published.pop(run_id, None)
+            else:
+                self._published[run_id] = location
 
     async def _write_snapshot(self, client: Redis, runs: list[RunInfo]) -> None:
         """Heartbeat: the node key, and every local run as the registry has it now."""
@@ -566,11 +640,13 @@ class RedisBackend:
                 pipe.hset(hash_key, run_field, run.model_dump_json())
                 pipe.pexpire(hash_key, ttl_ms)
                 published[run.run_id] = (hash_key, run_field)
-            for run_id, (hash_key, run_field) in self._published.items():
-                if run_id not in published:
+            # Entries a lost withdraw left, including a run's old key after it was re-keyed.
+            current = set(published.values())
+            for hash_key, run_field in self._published.values():
+                if (hash_key, run_field) not in current:
                     pipe.hdel(hash_key, run_field)
-            self._published = published
             await pipe.execute()
+        self._published = published
 
     # -- reads and cancels ------------------------------------------------------------------
 
@@ -582,8 +658,11 @@ class RedisBackend:
             raise self._raise_for(exc) from exc
         return [run for runs in holders.values() for run in runs]
 
-    async def _holders(self, client: Redis, key: SessionKey) -> dict[str, list[RunInfo]]:
-        """Runs of a session held by other live processes, by node id."""
+    async def _holders(
+        self, client: Redis, key: SessionKey, *, check_alive: bool = True
+    ) -> dict[str, list[RunInfo]]:
+        """Runs of a session held by other live processes, by node id (without
+        ``check_alive``, also those of processes that died within the last TTL)."""
         hash_key = self._runs_key(*key)
         # decode_responses=True: redis-py's bytes-or-str annotation is wider than what comes back.
         entries = cast("dict[str, str]", await client.hgetall(hash_key))
@@ -602,21 +681,32 @@ class RedisBackend:
                 garbage.append(run_field)
                 continue
             by_node.setdefault(node_id, []).append((run_field, run))
-        nodes = list(by_node)
-        alive = await client.mget([self._node_key(n) for n in nodes]) if nodes else []
+        dead = await self._dead(client, list(by_node)) if check_alive else set()
         now = time.time()
         holders: dict[str, list[RunInfo]] = {}
-        for node_id, is_alive in zip(nodes, alive, strict=True):
-            if is_alive is None:
-                garbage.extend(run_field for run_field, _ in by_node[node_id])
+        for node_id, runs in by_node.items():
+            if node_id in dead:
+                garbage.extend(run_field for run_field, _ in runs)
                 continue
             holders[node_id] = [
-                run.model_copy(update={"elapsed_ms": max(0.0, (now - run.started_at) * 1000)})
-                for _, run in by_node[node_id]
+                run.model_copy(
+                    update={"elapsed_ms": round(max(0.0, now - run.started_at) * 1000, 3)}
+                )
+                for _, run in runs
             ]
-        if garbage and self._accepting and self._ops is not None:
-            self._ops.put_nowait(_Op("prune", hash_key=hash_key, fields=tuple(garbage)))
+        self._prune(hash_key, garbage)
         return holders
+
+    async def _dead(self, client: Redis, nodes: list[str]) -> set[str]:
+        """The nodes whose liveness key has expired."""
+        if not nodes:
+            return set()
+        alive = await client.mget([self._node_key(n) for n in nodes])
+        return {n for n, is_alive in zip(nodes, alive, strict=True) if is_alive is None}
+
+    def _prune(self, hash_key: str, fields: list[str]) -> None:
+        if fields and self._accepting and self._ops is not None:
+            self._ops.put_nowait(_Op("prune", hash_key=hash_key, fields=tuple(fields)))
 
     async def cancel_remote(
         self,
@@ -629,7 +719,9 @@ class RedisBackend:
     ) -> list[CancelledRun]:
         client, _ = await self._ready()
         try:
-            holders = await self._holders(client, key)
+            # Liveness is checked after publishing, and only for the nodes nobody heard:
+            # one round trip less on the common path.
+            holders = await self._holders(client, key, check_alive=False)
         except _FAILURES as exc:
             raise self._raise_for(exc) from exc
         if invocation_id is not None:
@@ -645,27 +737,30 @@ class RedisBackend:
         request_id = uuid.uuid4().hex
         pending = _Pending(expected=set(holders))
         self._pending[request_id] = pending
-        message = json.dumps(
-            {
-                "type": "cancel",
-                "request_id": request_id,
-                "reply_to": self._node_id,
-                "key": list(key),
-                "invocation_id": invocation_id,
-                "reason": reason,
-                "wait": wait,
-                "timeout_s": timeout_s,
-            }
-        )
+        message = _CancelMessage(
+            request_id=request_id,
+            reply_to=self._node_id,
+            key=(key.app_name, key.user_id, key.session_id),
+            invocation_id=invocation_id,
+            reason=reason,
+            wait=wait,
+            timeout_s=timeout_s,
+        ).model_dump_json()
         try:
             async with client.pipeline(transaction=False) as pipe:
                 for node_id in holders:
                     pipe.publish(self._channel(node_id), message)
                 receivers = await pipe.execute()
-            for node_id, count in zip(list(holders), receivers, strict=True):
-                if not count:
-                    pending.expected.discard(node_id)
+            deaf = [n for n, count in zip(list(holders), receivers, strict=True) if not count]
+            pending.expected.difference_update(deaf)
             pending.settle()
+            if deaf:
+                # Not subscribed: crashed (listed until its TTL runs out) or reconnecting.
+                for node_id in await self._dead(client, deaf):
+                    self._prune(
+                        self._runs_key(*key),
+                        [self._run_field_of(node_id, r) for r in holders.pop(node_id)],
+                    )
             deadline = timeout_s + self.reply_margin_s if wait else self.ack_timeout_s
             await _wait_event(pending.done, deadline)
         except _FAILURES as exc:
@@ -715,60 +810,52 @@ class RedisBackend:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
                 if message is None or message.get("type") != "message":
                     continue
-                self._dispatch(message.get("data"))
+                try:
+                    self._dispatch(message.get("data"))
+                except Exception:
+                    # Anyone with access to Redis can publish here: one bad message must not
+                    # end the subscription.
+                    logger.exception("adk-cancel: could not handle a message from Redis")
         except _FAILURES as exc:
             self._mark_down(exc)
 
     def _dispatch(self, data: Any) -> None:
         try:
-            doc = json.loads(data)
-            kind = doc["type"]
-        except (TypeError, ValueError, KeyError):
+            message = _MESSAGE.validate_json(data)
+        except ValueError:
             logger.debug("adk-cancel: ignoring a malformed message on %s", self._node_id)
             return
-        if kind == "cancel":
-            task = asyncio.create_task(self._serve_cancel(doc))
+        if isinstance(message, _CancelMessage):
+            task = asyncio.create_task(self._serve_cancel(message))
             self._handlers.add(task)
             task.add_done_callback(self._handlers.discard)
-        elif kind == "reply":
-            pending = self._pending.get(str(doc.get("request_id")))
-            if pending is None:
-                return  # the requester gave up waiting; its timeout already reported this
-            node_id = str(doc.get("node"))
-            if doc.get("error"):
-                pending.errors[node_id] = str(doc["error"])
-            else:
-                try:
-                    pending.replies[node_id] = [
-                        CancelledRun.model_validate(run) for run in doc.get("runs", [])
-                    ]
-                except ValueError as exc:
-                    pending.errors[node_id] = f"malformed reply: {exc}"
-            pending.settle()
+            return
+        pending = self._pending.get(message.request_id)
+        if pending is None:
+            return  # the requester gave up waiting; its timeout already reported this
+        if message.error is not None:
+            pending.errors[message.node] = message.error
+        else:
+            pending.replies[message.node] = message.runs
+        pending.settle()
 
-    async def _serve_cancel(self, doc: dict[str, Any]) -> None:
+    async def _serve_cancel(self, message: _CancelMessage) -> None:
         node, client = self._node, self._client
         if node is None or client is None:
             return
-        reply: dict[str, Any] = {
-            "type": "reply",
-            "request_id": doc.get("request_id"),
-            "node": self._node_id,
-        }
+        reply = _ReplyMessage(request_id=message.request_id, node=self._node_id)
         try:
-            key = SessionKey(*(str(part) for part in doc["key"]))
-            runs = await node.cancel(
-                key,
-                invocation_id=doc.get("invocation_id"),
-                reason=str(doc.get("reason") or ""),
-                wait=bool(doc.get("wait", True)),
-                timeout_s=float(doc.get("timeout_s") or 10.0),
+            reply.runs = await node.cancel(
+                SessionKey(*message.key),
+                invocation_id=message.invocation_id,
+                reason=message.reason,
+                wait=message.wait,
+                timeout_s=message.timeout_s,
             )
-            reply["runs"] = [run.model_dump(mode="json") for run in runs]
         except Exception as exc:
-            logger.exception("adk-cancel: a cancel sent by worker %s failed", doc.get("reply_to"))
-            reply["error"] = f"{type(exc).__name__}: {exc}"
+            logger.exception("adk-cancel: a cancel sent by worker %s failed", message.reply_to)
+            reply.error = f"{type(exc).__name__}: {exc}"
         try:
-            await client.publish(self._channel(str(doc.get("reply_to"))), json.dumps(reply))
+            await client.publish(self._channel(message.reply_to), reply.model_dump_json())
         except _FAILURES as exc:
             self._mark_down(exc)

@@ -7,9 +7,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from backend_helpers import REDIS_SERVER, Cluster, RedisServer, free_port, requires_redis
 
 from adk_cancel.backends import backend_from_url
+
+from .backend_helpers import REDIS_SERVER, Cluster, RedisServer, free_port, requires_redis
 
 
 @pytest.fixture

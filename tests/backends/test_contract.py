@@ -15,13 +15,14 @@ import time
 from typing import Any
 
 import pytest
-from backend_helpers import Cluster, RedisServer, SimpleNode, eventually
 from fastapi.testclient import TestClient
 from support import SAMPLES, memory_services, run_body, session_path, wait_until
 
 import adk_cancel
 from adk_cancel import BackendUnavailable, CancelledRun, RunInfo, SessionKey
 from adk_cancel.backends import CancelBackend, LocalNode
+
+from .backend_helpers import Cluster, RedisServer, SimpleNode, eventually
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -359,7 +360,7 @@ def test_custom_backend_object(observed: list[dict[str, Any]]) -> None:
     )
     with TestClient(app) as client:
         assert backend.names() == ["connect"]
-        registry = app.state.adk_cancel
+        registry: adk_cancel.RunRegistry = app.state.adk_cancel
         assert backend.node is registry and backend.calls[0][1] == registry.node_id
 
         path = session_path("s1")

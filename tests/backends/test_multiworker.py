@@ -1,9 +1,10 @@
-"""Two real server processes sharing one Redis and one SQLite session store.
+"""Real server processes sharing one Redis and one SQLite session store.
 
 Each worker is a separate uvicorn process (``_worker.py``) built by
 ``adk_cancel.get_fast_api_app(..., cancel_backend="redis://...")`` and serving the slow
 sample agent, which writes what it observes (its tool started, was cancelled) to a file per
-worker. A run started through one worker is listed and cancelled through the other.
+worker. A run started through one worker is listed and cancelled through another. Workers a
+and b serve most tests; c exists to be killed with SIGKILL.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from typing import Any
 
 import httpx
 import pytest
-from backend_helpers import REDIS_SERVER, RedisServer, Worker, free_port, start_workers
 from support import run_body, session_path
+
+from .backend_helpers import REDIS_SERVER, RedisServer, Worker, free_port, start_workers
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -29,7 +31,7 @@ TTL_S = 2.0
 """Short, so that a killed worker's runs expire within the test."""
 
 
-class Cluster:
+class Servers:
     def __init__(self, redis: RedisServer, workers: list[Worker]) -> None:
         self.redis = redis
         # c is killed by one test; a and b serve the others.
@@ -42,7 +44,7 @@ class Cluster:
         self.redis.stop()
 
 
-def make_cluster(workdir: Path) -> Cluster:
+def start_servers(workdir: Path) -> Servers:
     redis = RedisServer(free_port(), workdir)
     redis.start()
     try:
@@ -50,13 +52,13 @@ def make_cluster(workdir: Path) -> Cluster:
     except BaseException:
         redis.stop()
         raise
-    return Cluster(redis, workers)
+    return Servers(redis, workers)
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     """One Redis and three workers for the module: starting ADK processes takes seconds."""
-    result = make_cluster(tmp_path_factory.mktemp("cluster"))
+    result = start_servers(tmp_path_factory.mktemp("servers"))
     yield result
     result.close()
 
@@ -131,9 +133,9 @@ async def assert_sealed_and_usable(http: httpx.AsyncClient, worker: Worker, sid:
 
 @pytest.mark.parametrize("route", ["run", "run_sse"])
 async def test_run_on_a_is_cancelled_through_b(
-    cluster: Cluster, http: httpx.AsyncClient, route: str
+    servers: Servers, http: httpx.AsyncClient, route: str
 ) -> None:
-    a, b = cluster.a, cluster.b
+    a, b = servers.a, servers.b
     sid = await new_session(http, a)
     request = await start_run(http, a, sid, route)
 
@@ -157,9 +159,9 @@ async def test_run_on_a_is_cancelled_through_b(
 
 
 async def test_wait_false_through_the_other_worker(
-    cluster: Cluster, http: httpx.AsyncClient
+    servers: Servers, http: httpx.AsyncClient
 ) -> None:
-    a, b = cluster.a, cluster.b
+    a, b = servers.a, servers.b
     sid = await new_session(http, b)
     request = await start_run(http, b, sid)
     answer = await cancel_at(http, a, sid, wait=False)
@@ -172,8 +174,8 @@ async def test_wait_false_through_the_other_worker(
     await until(lambda: _empty(http, a, sid), what="listing empty")
 
 
-async def test_listing_across_workers(cluster: Cluster, http: httpx.AsyncClient) -> None:
-    a, b = cluster.a, cluster.b
+async def test_listing_across_workers(servers: Servers, http: httpx.AsyncClient) -> None:
+    a, b = servers.a, servers.b
     on_a, on_b = await new_session(http, a), await new_session(http, a)
     requests = [await start_run(http, a, on_a), await start_run(http, b, on_b, "run_sse")]
 
@@ -196,9 +198,9 @@ async def test_listing_across_workers(cluster: Cluster, http: httpx.AsyncClient)
             await until(lambda w=worker, s=sid: _empty(http, w, s), what="listing empty")
 
 
-async def test_requester_holding_runs_too(cluster: Cluster, http: httpx.AsyncClient) -> None:
+async def test_requester_holding_runs_too(servers: Servers, http: httpx.AsyncClient) -> None:
     """One cancel through B stops B's own run (locally) and A's (through Redis)."""
-    a, b = cluster.a, cluster.b
+    a, b = servers.a, servers.b
     sid = await new_session(http, a)
     on_a = await start_run(http, a, sid)
     on_b = await start_run(http, b, sid)
@@ -219,9 +221,9 @@ async def test_requester_holding_runs_too(cluster: Cluster, http: httpx.AsyncCli
         await until(lambda w=worker: _empty(http, w, sid), what=f"{worker.name} empty")
 
 
-async def test_no_run_anywhere_is_404(cluster: Cluster, http: httpx.AsyncClient) -> None:
-    sid = await new_session(http, cluster.a)
-    for worker in cluster.workers:
+async def test_no_run_anywhere_is_404(servers: Servers, http: httpx.AsyncClient) -> None:
+    sid = await new_session(http, servers.a)
+    for worker in servers.workers:
         answer = await cancel_at(http, worker, sid)
         assert answer.status_code == 404, answer.text
         assert answer.json()["detail"].startswith("No active run for session")
@@ -229,9 +231,9 @@ async def test_no_run_anywhere_is_404(cluster: Cluster, http: httpx.AsyncClient)
 
 
 async def test_a_killed_worker_leaves_the_listing_after_the_ttl(
-    cluster: Cluster, http: httpx.AsyncClient
+    servers: Servers, http: httpx.AsyncClient
 ) -> None:
-    c, b = cluster.c, cluster.b
+    c, b = servers.c, servers.b
     sid = await new_session(http, c)
     request = await start_run(http, c, sid)
     [listed] = await runs_at(http, b, sid)
@@ -247,19 +249,19 @@ async def test_a_killed_worker_leaves_the_listing_after_the_ttl(
     assert answer.status_code == 404, answer.text
 
 
-async def test_redis_outage(cluster: Cluster, http: httpx.AsyncClient) -> None:
-    a, b = cluster.a, cluster.b
+async def test_redis_outage(servers: Servers, http: httpx.AsyncClient) -> None:
+    a, b = servers.a, servers.b
     remote_sid = await new_session(http, a)
     remote_request = await start_run(http, a, remote_sid)
     assert len(await runs_at(http, b, remote_sid)) == 1
 
-    cluster.redis.stop()
+    servers.redis.stop()
     try:
         # Cross-worker: 503 saying what is down, quickly.
         started = time.monotonic()
         answer = await cancel_at(http, b, remote_sid)
         assert answer.status_code == 503, answer.text
-        assert f"Redis at {cluster.redis.url} is unreachable" in answer.json()["detail"]
+        assert f"Redis at {servers.redis.url} is unreachable" in answer.json()["detail"]
         listing = await http.get(b.url + session_path(remote_sid) + "/runs")
         assert listing.status_code == 503
         assert time.monotonic() - started < 2.0
@@ -275,7 +277,7 @@ async def test_redis_outage(cluster: Cluster, http: httpx.AsyncClient) -> None:
         assert b.saw("tool_cancelled", local_sid)
     finally:
         # Redis comes back empty: the workers re-announce by themselves.
-        cluster.redis.start()
+        servers.redis.start()
     await until(lambda: _listed_ok(http, b, remote_sid), timeout=10, what="re-announced")
     answer = await cancel_at(http, b, remote_sid)
     assert answer.status_code == 200, answer.text

@@ -15,11 +15,12 @@ import uuid
 from pathlib import Path
 
 import pytest
-from backend_helpers import RedisServer, SimpleNode, eventually, free_port
 
 from adk_cancel import BackendUnavailable, SessionKey
 from adk_cancel.backends import backend_from_url
 from adk_cancel.backends.redis import RedisBackend
+
+from .backend_helpers import RedisServer, SimpleNode, eventually, free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -29,14 +30,14 @@ HERE = Path(__file__).resolve().parent
 
 
 def make(url: str, **options: float) -> RedisBackend:
-    return RedisBackend(url, key_prefix=f"t-{uuid.uuid4().hex[:8]}", **options)  # type: ignore[arg-type]
+    return RedisBackend(url, key_prefix=f"t-{uuid.uuid4().hex[:8]}", **options)
 
 
 def pair_backends(url: str, **options: float) -> tuple[RedisBackend, RedisBackend]:
     prefix = f"t-{uuid.uuid4().hex[:8]}"
     return (
-        RedisBackend(url, key_prefix=prefix, **options),  # type: ignore[arg-type]
-        RedisBackend(url, key_prefix=prefix, **options),  # type: ignore[arg-type]
+        RedisBackend(url, key_prefix=prefix, **options),
+        RedisBackend(url, key_prefix=prefix, **options),
     )
 
 
@@ -310,3 +311,63 @@ async def test_a_killed_holder_is_reported_not_stopped_until_it_expires(
 
 async def _async(value: object) -> object:
     return value
+
+
+async def test_garbage_in_redis_is_survived(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    from redis.asyncio import Redis
+
+    a, b = pair_backends(redis_server.url)
+    node_a, node_b = SimpleNode(a), SimpleNode(b)
+    await a.connect(node_a)
+    await b.connect(node_b)
+    raw = Redis.from_url(redis_server.url)
+    try:
+        run = node_a.start_run(KEY)
+        await eventually(lambda: b.list_remote(KEY))
+        # Anyone with access to Redis can publish: junk on A's channel is ignored.
+        for junk in (b"not json", b"[1, 2]", b'{"type": "cancel"}', b'{"type": "reply"}'):
+            await raw.publish(a._channel(node_a.node_id), junk)
+        # A stray field in the session's hash is skipped, not fatal.
+        await raw.hset(b._runs_key(*KEY), "no-separator", "{}")
+        [outcome] = await b.cancel_remote(
+            KEY, invocation_id=None, reason="r", wait=True, timeout_s=2
+        )
+        assert (outcome.run_id, outcome.stopped_by) == (run.run_id, "abort")
+
+        # A key of the wrong type: Redis answers with an error; that is a 503 too, but not
+        # an outage (the backend stays connected and logs no outage).
+        other = KEY._replace(session_id="wrong-type")
+        await raw.set(b._runs_key(*other), "a string")
+        with caplog.at_level(logging.WARNING, logger=LOGGER):
+            with pytest.raises(BackendUnavailable, match="answered with an error"):
+                await b.list_remote(other)
+        assert b.connected and outage_warnings(caplog) == []
+    finally:
+        await raw.aclose()
+        await node_a.close()
+        await a.disconnect()
+        await b.disconnect()
+
+
+async def test_an_idle_subscription_outlives_the_op_timeout(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A blocking read bounded by socket_timeout (redis-py issue #4098) would drop the
+    # subscription every op_timeout_s and log an outage.
+    a, b = pair_backends(redis_server.url, op_timeout_s=0.1, announce_ttl_s=60)
+    node_a, node_b = SimpleNode(a), SimpleNode(b)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        await a.connect(node_a)
+        await b.connect(node_b)
+        run = node_a.start_run(KEY)
+        await eventually(lambda: b.list_remote(KEY))
+        await asyncio.sleep(1.0)
+        [outcome] = await b.cancel_remote(
+            KEY, invocation_id=None, reason="r", wait=True, timeout_s=2
+        )
+        assert (outcome.run_id, outcome.stopped_by) == (run.run_id, "abort")
+    assert outage_warnings(caplog) == []
+    await a.disconnect()
+    await b.disconnect()

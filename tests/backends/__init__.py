@@ -1,0 +1,1 @@
+"""Backend tests: the CancelBackend contract, Redis faults, and several real workers."""
