@@ -59,10 +59,10 @@ class MlxLlm(BaseLlm):
     max_output_tokens: int = Field(default=1024, ge=1)
     """Used when the request's config sets no ``max_output_tokens``."""
     prefill_chunk_s: float = Field(default=0.025, gt=0)
-    """About how long one prompt chunk takes; a cancel during the prompt waits at most this."""
-    pipeline_below_s: float = Field(default=0.005, ge=0)
-    """Queue the next token before reading the current one only while tokens are faster
-    than this: the look-ahead speeds fast models up but a stop must then wait for it."""
+    """About how long one prompt chunk may take; a cancel while the prompt is read waits
+    for the chunk in flight. A model slower than this per token reads one token per
+    chunk (SmolLM2 on a CPU: ~0.25 s a chunk, about 30% slower than 32-token chunks);
+    raise it to read long prompts faster at the price of a slower stop meanwhile."""
     stop_wait_s: float = Field(default=10.0, ge=0)
     """How long a cancelled call waits for the worker to finish its token and go idle."""
     logits_processor_factory: LogitsProcessorFactory | None = Field(default=None, exclude=True)
@@ -111,7 +111,7 @@ class MlxLlm(BaseLlm):
             abort_probe=current_abort_probe(),
             logits_processor_factory=self.logits_processor_factory,
             prefill_chunk_s=self.prefill_chunk_s,
-            pipeline_below_s=self.pipeline_below_s,
+            stream=stream,
         )
         worker = get_worker()
         worker.submit(job)
@@ -119,24 +119,30 @@ class MlxLlm(BaseLlm):
         ended = False
         try:
             while not ended:
+                # Tokens that queued up while the loop was busy go out as one partial
+                # per run of text: per-token events would only make a busy loop busier.
+                fresh: list[types.Part] = []
+                outcome: Finished | None = None
                 for event in await job.channel.get():
                     if isinstance(event, Failed):
                         ended = True
                         raise event.error
                     if isinstance(event, Finished):
-                        ended = True
-                        yield turn.final(event, self.model)
+                        outcome = event
                         break
-                    partial = turn.add(event)
-                    if stream:
-                        yield LlmResponse(
-                            content=types.Content(role="model", parts=[partial]),
-                            partial=True,
-                            # Cumulative, as ADK expects of streamed usage: a run cut
-                            # off mid-answer still accounts for what it generated.
-                            usage_metadata=_usage(job.stats),
-                            model_version=self.model,
-                        )
+                    _merge_text(fresh, turn.add(event))
+                for part in fresh if stream else ():
+                    yield LlmResponse(
+                        content=types.Content(role="model", parts=[part]),
+                        partial=True,
+                        # Cumulative, as ADK expects of streamed usage: a run cut off
+                        # mid-answer still accounts for what it generated.
+                        usage_metadata=_usage(job.stats),
+                        model_version=self.model,
+                    )
+                if outcome is not None:
+                    ended = True
+                    yield turn.final(outcome, self.model)
         finally:
             if not ended:
                 # Cancelled (CancelledError), closed (GeneratorExit) or failed: stop the
@@ -169,9 +175,6 @@ class _Turn:
 
     def add(self, event: TextPiece | ToolCall | MalformedToolCall) -> types.Part:
         """Record ``event``; returns the part a streaming caller should see now."""
-        if isinstance(event, TextPiece):
-            self._add_text(event.text, event.thought)
-            return types.Part(text=event.text, thought=event.thought or None)
         if isinstance(event, ToolCall):
             call = types.FunctionCall(
                 id=f"mlx-{uuid.uuid4().hex}", name=event.name, args=event.arguments
@@ -179,17 +182,15 @@ class _Turn:
             part = types.Part(function_call=call)
             self.parts.append(part)
             return part
-        logger.warning("The model wrote a tool call that does not parse (%s)", event.reason)
-        self.malformed = True
-        self._add_text(event.raw, False)
-        return types.Part(text=event.raw)
-
-    def _add_text(self, text: str, thought: bool) -> None:
-        last = self.parts[-1] if self.parts else None
-        if last is not None and last.text is not None and bool(last.thought) == thought:
-            last.text += text
+        if isinstance(event, TextPiece):
+            text, thought = event.text, event.thought or None
         else:
-            self.parts.append(types.Part(text=text, thought=thought or None))
+            logger.warning("The model wrote a tool call that does not parse (%s)", event.reason)
+            self.malformed = True
+            text, thought = event.raw, None
+        # Two parts: the turn's own is extended in place by later text.
+        _merge_text(self.parts, types.Part(text=text, thought=thought))
+        return types.Part(text=text, thought=thought)
 
     def final(self, event: Finished, model: str) -> LlmResponse:
         stats = event.stats
@@ -204,6 +205,20 @@ class _Turn:
             usage_metadata=_usage(stats),
             model_version=model,
         )
+
+
+def _merge_text(parts: list[types.Part], part: types.Part) -> None:
+    """Append ``part``, joining it to the last part if both are text of one kind."""
+    last = parts[-1] if parts else None
+    if (
+        last is not None
+        and last.text is not None
+        and part.text is not None
+        and bool(last.thought) == bool(part.thought)
+    ):
+        last.text += part.text
+    else:
+        parts.append(part)
 
 
 def _usage(stats: JobStats) -> types.GenerateContentResponseUsageMetadata:

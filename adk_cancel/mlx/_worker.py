@@ -12,10 +12,10 @@ Tokens reach the event loop through a :class:`Channel` (``loop.call_soon_threads
 the loop never waits on MLX.
 
 Cancellation: every job carries a :class:`CancelSignal`. The decode loop checks it after
-every token and the prefill between chunks that are sized to take about
-``prefill_chunk_s``; on a stop the loop waits for the computation already queued on the
-generation stream (``mx.synchronize``), so "stopped" means the worker is idle. A job
-cancelled while queued is dropped without starting.
+every token, before it queues the next one, and the prefill between chunks sized to take
+about ``prefill_chunk_s``; on a stop the worker waits for what is still queued on the
+generation stream (``mx.synchronize``), so "stopped" means idle: at most the token in
+flight is finished after a cancel. A job cancelled while queued is dropped unstarted.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ LogitsProcessorFactory = Callable[[Any], Sequence[LogitsProcessor]]
 Finish = Literal["stop", "length", "cancelled", "error", "skipped"]
 
 _MAX_PREFILL_CHUNK = 2048
+_RECENT_TOKENS = 64
 _CLEAR_CACHE_EVERY = 256
 
 
@@ -103,7 +104,6 @@ class JobStats:
     prefill_tokens: int = 0
     """Prompt tokens run before the first sampled token (all but the last one)."""
     max_prefill_chunk_s: float = 0.0
-    pipelined_tokens: int = 0
     stopped_by: Literal["cancel", "abort"] | None = None
     """What stopped the job early: its caller (task cancelled, generator closed, worker
     shut down) or the bound ADK invocation's abort flag."""
@@ -112,7 +112,18 @@ class JobStats:
     cancel_requested_at: float | None = None
     stopped_at: float | None = None
     """When the job left the worker with nothing of it still computing."""
-    token_done_at: list[float] = field(default_factory=list)
+    last_token_at: float | None = None
+    token_done_at: collections.deque[float] = field(
+        default_factory=lambda: collections.deque(maxlen=_RECENT_TOKENS)
+    )
+    """When each of the last tokens was computed (bounded: history keeps many jobs)."""
+
+    def token_done(self, at: float) -> None:
+        self.token_done_at.append(at)
+        self.generated_tokens += 1
+        if self.first_token_at is None:
+            self.first_token_at = at
+        self.last_token_at = at
 
     @property
     def tokens_after_cancel(self) -> int:
@@ -129,10 +140,12 @@ class JobStats:
 
     @property
     def decode_tokens_per_s(self) -> float | None:
-        times = self.token_done_at
-        if len(times) < 2:
+        """Tokens per second after the first one (which includes reading the prompt)."""
+        if self.first_token_at is None or self.last_token_at is None:
             return None
-        return (len(times) - 1) / (times[-1] - times[0])
+        if self.generated_tokens < 2:
+            return None
+        return (self.generated_tokens - 1) / (self.last_token_at - self.first_token_at)
 
 
 # Events a generation job sends to the event loop.
@@ -185,10 +198,15 @@ class Channel:
         self._wake_pending = False
         self._waiter: asyncio.Future[None] | None = None
 
-    def put(self, item: Event) -> bool:
-        """Worker side. False when the loop is gone (nobody will ever read)."""
+    def put(self, item: Event, *, wake: bool = True) -> bool:
+        """Worker side. False when the loop is gone (nobody will ever read).
+
+        ``wake=False`` only queues the item; it is read with the next woken batch.
+        """
         with self._lock:
             self._items.append(item)
+            if not wake:
+                return not self._loop.is_closed()
             if self._wake_pending:
                 return True
             self._wake_pending = True
@@ -343,20 +361,23 @@ class GenerationJob(Job):
         abort_probe: Callable[[], bool] | None = None,
         logits_processor_factory: LogitsProcessorFactory | None = None,
         prefill_chunk_s: float = 0.025,
-        pipeline_below_s: float = 0.005,
+        stream: bool = True,
     ) -> None:
         super().__init__(model, abort_probe)
         self.request = request
         self.channel = channel
+        self.stream = stream
         self.logits_processor_factory = logits_processor_factory
         self.prefill_chunk_s = prefill_chunk_s
-        self.pipeline_below_s = pipeline_below_s
         self.generating = False
         """Set on the worker once the model is loaded and the prompt starts."""
         self._outcome: Finished | Failed | None = None
 
     def _send(self, event: Event) -> None:
-        if not self.channel.put(event):
+        # A caller that does not stream only needs the pieces with the outcome: waking
+        # its event loop for each token would just compete with decoding for the GIL.
+        wake = self.stream or isinstance(event, Finished | Failed)
+        if not self.channel.put(event, wake=wake):
             self.cancel()
 
     def skip(self, error: BaseException | None) -> None:
@@ -432,8 +453,8 @@ class GenerationJob(Job):
                 _async_eval(y)
                 finish = self._decode(y, step, emitter, tokenizer, opts.max_tokens)
         finally:
-            # Whatever ended the loop, computation may still be queued (the pipelined
-            # look-ahead token, or a prefill chunk): wait, so that stopped means idle.
+            # Whatever ended the loop, computation may still be queued (the token in
+            # flight, a prefill chunk): wait for it, so that stopped means idle.
             mx.synchronize(generation_stream)
             stats.stopped_at = time.perf_counter()
         if finish != "cancelled":
@@ -482,47 +503,31 @@ class GenerationJob(Job):
     ) -> Finish:
         """Sample until end of turn, a stop sequence, max tokens, or a cancel.
 
-        mlx-lm queues token n+1 before reading token n, which hides Python's overhead
-        but means a stop still has one whole token to compute. That look-ahead is taken
-        only while a token costs less than ``pipeline_below_s``, so the worker is idle
-        at most one token plus that bound after a cancel.
+        mlx-lm queues token n+1 for computation before it reads token n, so a stop
+        still has a whole token to compute after the one in flight. Here only the
+        graph of token n+1 is built ahead (Python work that overlaps token n's
+        computation); it is queued after the cancel check, so a cancel leaves at most
+        the token in flight to finish, and the decode speed stays that of mlx-lm.
         """
         import mlx.core as mx
 
         stats = self.stats
         eos = set(tokenizer.eos_token_ids)
-        token_time: float | None = None
-        last_done: float | None = None
         while True:
-            pipelined = (
-                token_time is not None
-                and token_time < self.pipeline_below_s
-                and stats.generated_tokens + 1 < max_tokens
-            )
-            if pipelined:
-                upcoming = step(y, True)
-                _async_eval(upcoming)
-                stats.pipelined_tokens += 1
+            # Lazy: nothing of the next token runs until _async_eval below.
+            upcoming = step(y, True) if stats.generated_tokens + 1 < max_tokens else None
             token = cast(int, y.item())
-            now = time.perf_counter()
-            stats.token_done_at.append(now)
-            stats.generated_tokens += 1
-            if last_done is None:
-                stats.first_token_at = now
-            else:
-                token_time = now - last_done
-            last_done = now
+            stats.token_done(time.perf_counter())
             if self.should_stop():
                 return "cancelled"
             if token in eos:
                 return "stop"
-            if emitter.add(token):
-                return "stop"
-            if stats.generated_tokens >= max_tokens:
+            if upcoming is None:
+                emitter.add(token)
                 return "length"
-            if not pipelined:
-                upcoming = step(y, True)
-                _async_eval(upcoming)
+            _async_eval(upcoming)
+            if emitter.add(token):
+                return "stop"  # a stop sequence; the queued token is waited for, unused
             if stats.generated_tokens % _CLEAR_CACHE_EVERY == 0:
                 mx.clear_cache()
             y = upcoming

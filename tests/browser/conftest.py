@@ -102,12 +102,12 @@ class LiveServer:
         self.log.close()
 
 
-def start_server(log_dir: Path) -> LiveServer:
+def start_server(log_dir: Path, *args: str) -> LiveServer:
     port = _free_port()
     log_path = log_dir / f"server-{port}.log"
     log = log_path.open("wb")
     proc = subprocess.Popen(
-        [sys.executable, str(HERE / "_serve.py"), str(port)],
+        [sys.executable, str(HERE / "_serve.py"), str(port), *args],
         cwd=ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -176,6 +176,14 @@ def server(browser: Browser, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 def fresh_server(browser: Browser, tmp_path: Path) -> Iterator[LiveServer]:
     """A server of the test's own, which the test may stop."""
     live = start_server(tmp_path)
+    yield live
+    live.stop()
+
+
+@pytest.fixture
+def plain_adk_server(browser: Browser, tmp_path: Path) -> Iterator[LiveServer]:
+    """ADK's own server with the chat page but without adk-cancel."""
+    live = start_server(tmp_path, "plain")
     yield live
     live.stop()
 

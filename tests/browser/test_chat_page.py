@@ -78,7 +78,6 @@ def stop_and_check(page: Page, server: LiveServer, index: int, press: str | None
     runs = cancel.value.json()["runs"]
     assert [r["stopped_by"] for r in runs] == ["abort"], runs
     assert elapsed < STOP_WITHIN_S, f"the stream took {elapsed:.2f} s to end"
-    print(f"stopped in {elapsed * 1000:.0f} ms")
     expect(button).to_have_text("Send")
     # The server, not the page's fallback abort, ended the stream with its cancelled event.
     expect(answer).to_have_attribute("data-stopped-by", "server")
@@ -289,3 +288,21 @@ def test_stop_right_after_send(page: Page, server: LiveServer) -> None:
     second = page.locator(AGENT).nth(1)
     expect(second).to_have_attribute("data-state", "done")
     expect(second.get_by_test_id("agent-text")).to_have_text("Here is a quick answer.")
+
+
+def test_stop_falls_back_to_dropping_the_stream_without_adk_cancel(
+    page: Page, plain_adk_server: LiveServer
+) -> None:
+    """On a server without the :cancel route, Stop still ends the answer (by aborting)."""
+    open_chat(page, plain_adk_server)
+    send(page, "words 80")
+    wait_for_streamed_text(page, 0)
+    page.get_by_test_id("send-button").click()
+    answer = page.locator(AGENT).first
+    expect(answer).to_have_attribute("data-state", "stopped", timeout=2_000)
+    expect(answer).to_have_attribute("data-stopped-by", "client")
+    expect(page.get_by_test_id("send-button")).to_have_text("Send")
+    expect(page.get_by_test_id("error")).to_be_hidden()
+    text = answer.get_by_test_id("agent-text").inner_text()
+    time.sleep(0.5)
+    assert answer.get_by_test_id("agent-text").inner_text() == text

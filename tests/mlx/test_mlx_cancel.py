@@ -247,7 +247,9 @@ async def test_requests_are_served_one_at_a_time_in_order(worker: amlx.MlxWorker
     results = await asyncio.gather(
         *(_drain(llm(t).generate_content_async(_request())) for t in texts)
     )
-    assert [r[-1].content.parts[0].text for r in results if r[-1].content] == texts
+    assert [r[-1].content.parts for r in results if r[-1].content] == [
+        [types.Part(text=t)] for t in texts
+    ]
     runs = list(worker.history)[-3:]
     assert [s.job_id for s in runs] == sorted(s.job_id for s in runs)
     for before, after in itertools.pairwise(runs):

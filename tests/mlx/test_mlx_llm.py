@@ -43,6 +43,13 @@ async def _run(
     return events, sessions, session.id
 
 
+def _text(content: types.Content | None) -> str | None:
+    """The text of a content's only part."""
+    assert content is not None and content.parts is not None
+    (part,) = content.parts
+    return part.text
+
+
 def _scripts(*texts: str) -> amlx.MlxLlm:
     """A tiny model that says ``texts[0]`` on its first call, ``texts[1]`` on the next..."""
     pending: Iterator[str] = iter(texts)
@@ -101,16 +108,16 @@ async def test_streaming_yields_partials_then_the_aggregate(tiny_model: str) -> 
     events, sessions, session_id = await _run(agent, "Question?", streaming=True)
     partials = [e for e in events if e.partial]
     finals = [e for e in events if not e.partial]
-    assert len(partials) > 5
-    assert "".join(p.content.parts[0].text or "" for p in partials if p.content) == text
+    assert len(partials) >= 2
+    assert "".join(_text(p.content) or "" for p in partials) == text
     assert [f.content.parts for f in finals if f.content] == [[types.Part(text=text)]]
     assert finals[-1].finish_reason == types.FinishReason.STOP
     # Usage is cumulative while streaming: a cut-off stream still reports its tokens.
-    counts = [p.usage_metadata.candidates_token_count for p in partials if p.usage_metadata]
-    assert counts == sorted(counts) and counts[-1] is not None and counts[-1] > 5
+    counts = [p.usage_metadata.candidates_token_count or 0 for p in partials if p.usage_metadata]
+    assert counts == sorted(counts) and counts[-1] > 5
     session = await sessions.get_session(app_name="app", user_id="u", session_id=session_id)
     assert session is not None
-    assert [e.content.parts[0].text for e in session.events if e.author == "local"] == [text]
+    assert [_text(e.content) for e in session.events if e.author == "local"] == [text]
 
 
 def get_weather(city: str) -> dict[str, Any]:
