@@ -38,6 +38,21 @@ def tool_events(observed: list[dict[str, Any]], sid: str, kind: str) -> list[dic
     return [o for o in observed if o["event"] == kind and o.get("session_id") == sid]
 
 
+def live_url(base_url: str, sid: str) -> str:
+    ws_url = base_url.replace("http", "ws", 1)
+    return f"{ws_url}/run_live?app_name=slow_agent&user_id=u&session_id={sid}&modalities=TEXT"
+
+
+async def assert_stopped_and_usable(
+    base_url: str, observed: list[dict[str, Any]], sid: str
+) -> None:
+    """The agent saw the cancellation, no run is left, and the session takes another turn."""
+    await asyncio.to_thread(wait_until, lambda: tool_events(observed, sid, "tool_cancelled"), 2.0)
+    await asyncio.to_thread(wait_until, lambda: runs(base_url, sid) == [], 2.0)
+    follow_up = httpx.post(base_url + "/run", json=run_body(sid, "quick"), timeout=10)
+    assert follow_up.status_code == 200, follow_up.text
+
+
 async def test_sse_client_receives_final_cancelled_event(
     base_url: str, observed: list[dict[str, Any]]
 ) -> None:
@@ -83,36 +98,26 @@ async def test_http_client_disconnect_aborts_the_run(
         request.cancel()  # closes the connection mid-run
         with pytest.raises(asyncio.CancelledError):
             await request
-    await asyncio.to_thread(wait_until, lambda: tool_events(observed, sid, "tool_cancelled"), 2.0)
-    await asyncio.to_thread(wait_until, lambda: runs(base_url, sid) == [], 2.0)
-    follow_up = httpx.post(base_url + "/run", json=run_body(sid, "quick"), timeout=10)
-    assert follow_up.status_code == 200, follow_up.text
+    await assert_stopped_and_usable(base_url, observed, sid)
 
 
 async def test_websocket_client_disconnect_ends_live_run(
     base_url: str, observed: list[dict[str, Any]]
 ) -> None:
     sid = new_session(base_url)
-    ws_url = base_url.replace("http", "ws", 1)
-    url = f"{ws_url}/run_live?app_name=slow_agent&user_id=u&session_id={sid}&modalities=TEXT"
-    async with websockets.connect(url) as ws:
+    async with websockets.connect(live_url(base_url, sid)) as ws:
         await ws.send(json.dumps({"content": {"role": "user", "parts": [{"text": "tool 30"}]}}))
         while not tool_events(observed, sid, "tool_started"):
             await asyncio.sleep(0.01)
         assert [r["route"] for r in runs(base_url, sid)] == ["run_live"]
-    await asyncio.to_thread(wait_until, lambda: tool_events(observed, sid, "tool_cancelled"), 2.0)
-    await asyncio.to_thread(wait_until, lambda: runs(base_url, sid) == [], 2.0)
-    follow_up = httpx.post(base_url + "/run", json=run_body(sid, "quick"), timeout=10)
-    assert follow_up.status_code == 200, follow_up.text
+    await assert_stopped_and_usable(base_url, observed, sid)
 
 
 async def test_live_cancel_over_a_real_websocket(
     base_url: str, observed: list[dict[str, Any]]
 ) -> None:
     sid = new_session(base_url)
-    ws_url = base_url.replace("http", "ws", 1)
-    url = f"{ws_url}/run_live?app_name=slow_agent&user_id=u&session_id={sid}&modalities=TEXT"
-    async with websockets.connect(url) as ws:
+    async with websockets.connect(live_url(base_url, sid)) as ws:
         await ws.send(json.dumps({"content": {"role": "user", "parts": [{"text": "tool 30"}]}}))
         while not tool_events(observed, sid, "tool_started"):
             await asyncio.sleep(0.01)
