@@ -151,7 +151,9 @@ def _warm_up(url: str) -> None:
     run.raise_for_status()
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: sync Playwright keeps an event loop running in this thread
+# until it stops, and pytest-asyncio tests collected after this folder could not start theirs.
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
     missing = _missing_browser_tools()
     if missing:
@@ -164,7 +166,7 @@ def browser() -> Iterator[Browser]:
         browser.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def server(browser: Browser, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """One server for the session (started after the browser check, so a skip is cheap)."""
     live = start_server(tmp_path_factory.mktemp("server"))
