@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -90,7 +91,14 @@ def _with_registry(
             async with inner(app) as state:
                 yield state
         finally:
-            await registry.stop()
+            try:
+                await registry.stop()
+            finally:
+                # An app that ran local models owns the MLX worker thread: end it with the
+                # app (it must clear its streams before the process exits, or exit aborts).
+                mlx_worker = sys.modules.get("adk_cancel.mlx._worker")
+                if mlx_worker is not None:
+                    await mlx_worker.ashutdown()
 
     return lifespan
 

@@ -25,6 +25,8 @@ backend, or the client disconnecting; each calls ``RunEntry.request_cancel``.
 |                                             | stream already started: adk-cancel ends it   |
 | client disconnect vs anything               | nothing more is sent; the run is cancelled   |
 |                                             | like any other                               |
+| the run raising after a cancel (ADK's seal  | the cancel: ``stopped_by="error"``, logged,  |
+| write failing on a stale shared session)    | repaired and answered as cancelled           |
 
 The cancel route answers (``wait=true``) when ``RunEntry.finished`` is set: after the run's
 task ended, the session was repaired and the response was finished, so the next turn on the
@@ -110,7 +112,7 @@ def cancelled_event(entry: RunEntry) -> dict[str, Any]:
             "reason": reason,
             "invocationId": entry.invocation_id,
             "runId": entry.run_id,
-            "stoppedBy": "force" if entry.forced else "abort",
+            "stoppedBy": entry.stopped_by or ("force" if entry.forced else "abort"),
         },
     }
 
@@ -204,6 +206,21 @@ class _Response:
         reason = f"cancelled: {entry.cancel_reason}".encode()[:120].decode(errors="ignore")
         await self._send({"type": "websocket.close", "code": WS_CLOSE_CANCELLED, "reason": reason})
         self.ws_closed = True
+
+
+async def _end_orphans(readers: set[asyncio.Task[Any]]) -> None:
+    """End the tasks ADK's live handler left reading the socket.
+
+    A handler cancelled inside its ``asyncio.wait`` skips the ``finally`` that cancels its
+    reader task, which would then die on the close we are about to send ("Task exception
+    was never retrieved"). Those tasks are ours to end now: nobody else will.
+    """
+    current = asyncio.current_task()
+    orphans = [t for t in readers if t is not current and not t.done()]
+    for task in orphans:
+        task.cancel()
+    if orphans:
+        await asyncio.wait(orphans, timeout=DRAIN_S)
 
 
 class CancelMiddleware:
@@ -300,8 +317,11 @@ class CancelMiddleware:
         entry = self.registry.register(SessionKey(app, user, session), "run_live")
         response = _Response(entry, send)
         app_done = False
+        readers: set[asyncio.Task[Any]] = set()
 
         async def watch_receive() -> Message:
+            if (task := asyncio.current_task()) is not None:
+                readers.add(task)
             message = await receive()
             if message["type"] == "websocket.disconnect":
                 entry.disconnected = True
@@ -312,6 +332,7 @@ class CancelMiddleware:
         await self._run(entry, "run_live", lambda: self.app(scope, watch_receive, response.send))
         app_done = True
         try:
+            await _end_orphans(readers)
             await self._after(entry)
             if entry.cancel_reason is not None:
                 await response.finish_ws()
@@ -346,6 +367,18 @@ class CancelMiddleware:
                     # force caused: the run is over, not this request.
                     if not entry.forced or _outer_cancelled():
                         raise
+                except Exception:
+                    if entry.cancel_reason is None:
+                        raise
+                    # Failing on the way out of a cancel (ADK's seal write hitting a stale
+                    # session on a shared store) still ends the run: repair and answer as
+                    # cancelled rather than a 500 and an unsealed session.
+                    entry.failed = True
+                    logger.exception(
+                        "Run %s (session %s) failed after its cancel; repairing the session",
+                        entry.invocation_id or entry.run_id,
+                        entry.key.session_id,
+                    )
                 finally:
                     if entry.cancel_mono is not None:
                         entry.stop_ms = round((time.monotonic() - entry.cancel_mono) * 1000, 3)
@@ -385,7 +418,9 @@ class CancelMiddleware:
         if entry.cancel_reason is None:
             return
         ic = entry.invocation_context
-        if ic is not None and ic.is_aborted and not entry.forced:
+        if entry.failed:
+            entry.stopped_by = "error"
+        elif ic is not None and ic.is_aborted and not entry.forced:
             entry.stopped_by = "abort"
         elif entry.forced:
             entry.stopped_by = "force"
@@ -398,7 +433,7 @@ class CancelMiddleware:
                 while not producer.done():
                     producer.cancel()
                     await asyncio.wait([producer], timeout=FORCE_RETRY_S)
-        needs_repair = entry.forced or entry.route == "run_live"
+        needs_repair = entry.forced or entry.failed or entry.route == "run_live"
         if needs_repair and entry.session_service is not None and entry.invocation_id:
             try:
                 entry.repaired = await repair_session(

@@ -9,9 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field
 Route = Literal["run", "run_sse", "run_live"]
 """Which ADK route started a run."""
 
-StoppedBy = Literal["abort", "force", "finished"]
-"""How a run ended after a cancel: ADK's cooperative abort, a forced task cancel, or it
-finished on its own before the cancel took hold."""
+StoppedBy = Literal["abort", "force", "finished", "error"]
+"""How a run ended after a cancel: ADK's cooperative abort, a forced task cancel, it
+finished on its own before the cancel took hold, or it raised on its way out (logged; the
+session was repaired and the client got a cancelled answer)."""
 
 
 class SessionKey(NamedTuple):
@@ -88,6 +89,11 @@ class CancelResponse(BaseModel):
     session_id: str
     reason: str
     runs: list[CancelledRun]
+    unreachable: str | None = Field(
+        default=None,
+        description="Set when other workers could not be reached (the cancel backend is "
+        "down): only this worker's runs were cancelled; retry once the backend is back.",
+    )
 
 
 class RunsResponse(BaseModel):

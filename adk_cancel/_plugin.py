@@ -7,10 +7,14 @@ from typing import TYPE_CHECKING
 
 from google.adk.plugins.base_plugin import BasePlugin
 
+from ._abort_source import bind_abort_source
 from ._registry import current_run
 
 if TYPE_CHECKING:
+    from google.adk.agents.callback_context import CallbackContext
     from google.adk.agents.invocation_context import InvocationContext
+    from google.adk.models.llm_request import LlmRequest
+    from google.adk.models.llm_response import LlmResponse
     from google.genai import types
 
 PLUGIN_NAME = "adk_cancel"
@@ -20,6 +24,7 @@ class CancelPlugin(BasePlugin):
     """Attaches a run's invocation context (its ``abort()``, invocation id and session
     service) to the registry entry that the middleware opened for the request.
 
+    It also binds each model call to its invocation's abort flag (see ``_abort_source``).
     It keeps no state of its own, so one instance serves every app and runner. Clean-up
     lives in the middleware's ``finally``: ADK skips ``after_run_callback`` when a run's
     task is cancelled.
@@ -36,6 +41,15 @@ class CancelPlugin(BasePlugin):
         # outermost invocation, which is the one a cancel must abort.
         if entry is not None and entry.invocation_context is None:
             entry.attach(invocation_context, asyncio.current_task())
+        return None
+
+    async def before_model_callback(
+        self, *, callback_context: CallbackContext, llm_request: LlmRequest
+    ) -> LlmResponse | None:
+        # The model call runs next in this task: a model that watches the abort source
+        # (MlxLlm does, after every token) stops on the abort itself, a loop turn before
+        # ADK gets round to cancelling its task.
+        bind_abort_source(callback_context)
         return None
 
 

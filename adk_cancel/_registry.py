@@ -51,6 +51,7 @@ class RunEntry:
     cancel_reason: str | None = None
     cancel_mono: float | None = None
     forced: bool = False
+    failed: bool = False
     disconnected: bool = False
     stopped_by: StoppedBy | None = None
     stop_ms: float | None = None

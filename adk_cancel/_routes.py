@@ -74,6 +74,11 @@ def build_router(registry: RunRegistry) -> APIRouter:
             session_id=session_id,
             reason=reason,
             runs=runs,
+            unreachable=None
+            if error is None
+            else f"Other server workers could not be "
+            f"reached: {error}. Only this worker's runs were cancelled; retry once the cancel "
+            "backend is back.",
         )
         return JSONResponse(
             answer.model_dump(mode="json"), status_code=200 if request.wait else 202

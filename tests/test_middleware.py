@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from google.adk.cli.service_registry import get_service_registry
+from google.adk.sessions import InMemorySessionService
 from starlette.websockets import WebSocketDisconnect
-from support import run_body, session_path, wait_until
+from support import build_app, run_body, session_path, wait_until
 
 from adk_cancel import WS_CLOSE_CANCELLED
 
@@ -229,3 +231,41 @@ def test_wait_false_answers_202_before_the_run_ends(
     thread.join(5)
     assert not thread.is_alive()
     assert active_runs(client, sid, "stubborn_agent") == []
+
+
+class _SealFailsOnce(InMemorySessionService):
+    """Fails ADK's seal write once, as a stale write on a shared store does (two workers
+    writing one SQLite session)."""
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.failures_left = 0
+
+    async def append_event(self, session: Any, event: Any) -> Any:
+        if self.failures_left and event.error_code == "INVOCATION_ABORTED":
+            self.failures_left -= 1
+            raise RuntimeError("stale session: the session was modified by another writer")
+        return await super().append_event(session, event)
+
+
+def test_run_that_fails_after_its_cancel_still_ends_cleanly(
+    observed: list[dict[str, Any]],
+) -> None:
+    service = _SealFailsOnce()
+    get_service_registry().register_session_service("sealfails", lambda uri, **kw: service)
+    with TestClient(build_app(session_service_uri="sealfails://")) as client:
+        sid = new_session(client)
+        thread, result = start_in_thread(lambda: client.post("/run", json=run_body(sid, "tool 30")))
+        wait_for_tool(observed, sid)
+        service.failures_left = 1
+        response = client.post(session_path(sid) + ":cancel")
+        assert response.status_code == 200, response.text
+        (run,) = response.json()["runs"]
+        # The run raised instead of ending: adk-cancel says so, and wrote the seal itself.
+        assert run["stopped"] and run["stopped_by"] == "error" and run["repaired"] is True
+        thread.join(5)
+        ran = result["response"]
+        assert ran.status_code == 200 and ran.headers["x-adk-cancel"] == "cancelled"
+        assert ran.json()[-1]["errorCode"] == "CANCELLED"
+        assert service.failures_left == 0 and active_runs(client, sid) == []
+        assert_follow_up_works(client, sid)

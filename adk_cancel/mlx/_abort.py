@@ -9,47 +9,23 @@ its node tasks the same way). The adapter stops on that ``CancelledError``.
 
 This module adds a second, earlier path: a ``before_model_callback`` (plugin or agent
 callback) binds the invocation's context in a ``ContextVar`` that the model call, which
-runs in the same task right after the callback, reads. The worker thread then checks
+runs in the same task right after the callback, reads. adk-cancel's server plugin
+(``CancelPlugin``) binds it for every model call already; these helpers are for agents run
+on a plain ``Runner``. The worker thread then checks
 ``is_aborted`` after every token together with its own cancel flag, so the generation
 stops at the next token even before (or without) the task being cancelled.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextvars import ContextVar
-from typing import Protocol
-
 from google.adk.agents.callback_context import CallbackContext
 from google.adk.models.llm_request import LlmRequest
 from google.adk.models.llm_response import LlmResponse
 from google.adk.plugins.base_plugin import BasePlugin
 
+from .._abort_source import bind_abort_source, current_abort_probe
 
-class _Abortable(Protocol):
-    @property
-    def is_aborted(self) -> bool: ...
-
-
-_current: ContextVar[_Abortable | None] = ContextVar("adk_cancel_mlx_abort", default=None)
-
-
-def bind_abort_source(context: _Abortable) -> None:
-    """Make model calls later in this task watch ``context.is_aborted``.
-
-    ``context`` is anything with an ``is_aborted`` property: ADK's ``CallbackContext``,
-    ``ToolContext``, ``ReadonlyContext`` or ``InvocationContext``. Reading it from the
-    worker thread is safe: it is a flag and an ``asyncio.Event.is_set()``.
-    """
-    _current.set(context)
-
-
-def current_abort_probe() -> Callable[[], bool] | None:
-    """A thread-safe ``() -> bool`` for the invocation bound in this task, if any."""
-    source = _current.get()
-    if source is None:
-        return None
-    return lambda: source.is_aborted is True
+__all__ = ["MlxAbortPlugin", "bind_abort_source", "current_abort_probe", "watch_abort"]
 
 
 def watch_abort(callback_context: CallbackContext, llm_request: LlmRequest) -> None:
@@ -58,7 +34,8 @@ def watch_abort(callback_context: CallbackContext, llm_request: LlmRequest) -> N
 
 
 class MlxAbortPlugin(BasePlugin):
-    """Binds every model call of an app to its invocation's abort state.
+    """Binds every model call of an app to its invocation's abort state (not needed where
+    adk-cancel's ``CancelPlugin`` is installed: it does the same).
 
     Add it to a ``Runner(plugins=[MlxAbortPlugin()])``, or to ADK's server with
     ``extra_plugins=["adk_cancel.mlx.MlxAbortPlugin"]``.

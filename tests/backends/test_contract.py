@@ -405,5 +405,10 @@ def test_custom_backend_object(observed: list[dict[str, Any]]) -> None:
         answer = client.post(session_path(sid) + ":cancel")
         assert answer.status_code == 200, answer.text
         assert [r["stopped_by"] for r in answer.json()["runs"]] == ["abort"]
+        # ...and says the answer is this worker's only.
+        assert "peer bus is down" in answer.json()["unreachable"]
         thread.join(5)
+        assert client.post(session_path("s1") + ":cancel").status_code == 503
+        backend.down = False
+        assert client.post(session_path("s1") + ":cancel").json()["unreachable"] is None
     assert backend.names()[-1] == "disconnect"

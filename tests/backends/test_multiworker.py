@@ -273,6 +273,7 @@ async def test_redis_outage(servers: Servers, http: httpx.AsyncClient) -> None:
         answer = await cancel_at(http, b, local_sid)
         assert answer.status_code == 200, answer.text
         assert [r["stopped_by"] for r in answer.json()["runs"]] == ["abort"]
+        assert "is unreachable" in answer.json()["unreachable"]
         await asyncio.wait_for(local_request, 10)
         assert b.saw("tool_cancelled", local_sid)
     finally:
