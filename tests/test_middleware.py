@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -268,4 +269,49 @@ def test_run_that_fails_after_its_cancel_still_ends_cleanly(
         assert ran.status_code == 200 and ran.headers["x-adk-cancel"] == "cancelled"
         assert ran.json()[-1]["errorCode"] == "CANCELLED"
         assert service.failures_left == 0 and active_runs(client, sid) == []
+        assert_follow_up_works(client, sid)
+
+
+class _SlowToLoad(InMemorySessionService):
+    """Holds every session load until the test lets it go: ADK has not reached its
+    before_run_callback yet, so the run has no invocation context to abort."""
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.hold = threading.Event()
+        self.held = threading.Event()
+        self.release = threading.Event()
+
+    async def get_session(self, **kwargs: Any) -> Any:
+        if self.hold.is_set():
+            self.held.set()
+            await asyncio.to_thread(self.release.wait, 10)
+        return await super().get_session(**kwargs)
+
+
+def test_cancel_before_the_agent_starts_means_it_never_starts(
+    observed: list[dict[str, Any]],
+) -> None:
+    service = _SlowToLoad()
+    get_service_registry().register_session_service("slowload", lambda uri, **kw: service)
+    with TestClient(build_app(session_service_uri="slowload://")) as client:
+        sid = new_session(client)
+        service.hold.set()
+        thread, result = start_in_thread(lambda: client.post("/run", json=run_body(sid, "tool 30")))
+        assert service.held.wait(10)
+        service.hold.clear()
+        [listed] = active_runs(client, sid)
+        assert listed["invocation_id"] is None  # ADK has not started the invocation
+        answer = client.post(session_path(sid) + ":cancel", json={"wait": False})
+        assert answer.status_code == 202, answer.text
+        service.release.set()
+        thread.join(10)
+        ran = result["response"]
+        assert ran.status_code == 200 and ran.headers["x-adk-cancel"] == "cancelled"
+        # The cancel was recorded and applied the moment ADK attached the run: the agent
+        # never called its model (no content, only ADK's abort seal), let alone its tool.
+        [sealed] = ran.json()
+        assert sealed["errorCode"] == "INVOCATION_ABORTED" and "content" not in sealed
+        assert not [o for o in observed if o.get("session_id") == sid]
+        assert active_runs(client, sid) == []
         assert_follow_up_works(client, sid)
