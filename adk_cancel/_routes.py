@@ -31,12 +31,15 @@ def _no_run(key: SessionKey) -> HTTPException:
     )
 
 
-def _unavailable(exc: BackendUnavailable) -> HTTPException:
-    return HTTPException(
-        status_code=503,
-        detail=f"Other server workers could not be reached: {exc}. Runs held by this "
-        "worker were handled; retry once the cancel backend is back.",
+def _unreachable(exc: BackendUnavailable) -> str:
+    return (
+        f"Other server workers could not be reached: {exc}. Runs held by this worker were "
+        "handled; retry once the cancel backend is back."
     )
+
+
+def _unavailable(exc: BackendUnavailable) -> HTTPException:
+    return HTTPException(status_code=503, detail=_unreachable(exc))
 
 
 def build_router(registry: RunRegistry) -> APIRouter:
@@ -74,11 +77,7 @@ def build_router(registry: RunRegistry) -> APIRouter:
             session_id=session_id,
             reason=reason,
             runs=runs,
-            unreachable=None
-            if error is None
-            else f"Other server workers could not be "
-            f"reached: {error}. Only this worker's runs were cancelled; retry once the cancel "
-            "backend is back.",
+            unreachable=None if error is None else _unreachable(error),
         )
         return JSONResponse(
             answer.model_dump(mode="json"), status_code=200 if request.wait else 202

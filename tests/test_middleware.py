@@ -6,6 +6,8 @@ import asyncio
 import json
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -234,6 +236,16 @@ def test_wait_false_answers_202_before_the_run_ends(
     assert active_runs(client, sid, "stubborn_agent") == []
 
 
+@contextmanager
+def client_on(service: InMemorySessionService) -> Iterator[TestClient]:
+    """A client of the sample app whose sessions live in ``service``: ADK builds session
+    services from URIs, so it is registered under a scheme of its own."""
+    scheme = type(service).__name__.strip("_").lower()
+    get_service_registry().register_session_service(scheme, lambda uri, **kw: service)
+    with TestClient(build_app(session_service_uri=f"{scheme}://")) as client:
+        yield client
+
+
 class _SealFailsOnce(InMemorySessionService):
     """Fails ADK's seal write once, as a stale write on a shared store does (two workers
     writing one SQLite session)."""
@@ -253,8 +265,7 @@ def test_run_that_fails_after_its_cancel_still_ends_cleanly(
     observed: list[dict[str, Any]],
 ) -> None:
     service = _SealFailsOnce()
-    get_service_registry().register_session_service("sealfails", lambda uri, **kw: service)
-    with TestClient(build_app(session_service_uri="sealfails://")) as client:
+    with client_on(service) as client:
         sid = new_session(client)
         thread, result = start_in_thread(lambda: client.post("/run", json=run_body(sid, "tool 30")))
         wait_for_tool(observed, sid)
@@ -293,8 +304,7 @@ def test_cancel_before_the_agent_starts_means_it_never_starts(
     observed: list[dict[str, Any]],
 ) -> None:
     service = _SlowToLoad()
-    get_service_registry().register_session_service("slowload", lambda uri, **kw: service)
-    with TestClient(build_app(session_service_uri="slowload://")) as client:
+    with client_on(service) as client:
         sid = new_session(client)
         service.hold.set()
         thread, result = start_in_thread(lambda: client.post("/run", json=run_body(sid, "tool 30")))
