@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -13,6 +12,7 @@ from fastapi import FastAPI
 from ._middleware import CancelMiddleware
 from ._registry import DEFAULT_GRACE_S, RunRegistry
 from ._routes import add_routes_first, build_router
+from ._shutdown import run_app_shutdown_hooks
 from .backends import CancelBackend, backend_from_url
 
 PLUGIN_PATH = "adk_cancel.CANCEL_PLUGIN"
@@ -94,11 +94,7 @@ def _with_registry(
             try:
                 await registry.stop()
             finally:
-                # An app that ran local models owns the MLX worker thread: end it with the
-                # app (it must clear its streams before the process exits, or exit aborts).
-                mlx_worker = sys.modules.get("adk_cancel.mlx._worker")
-                if mlx_worker is not None:
-                    await mlx_worker.ashutdown()
+                await run_app_shutdown_hooks()
 
     return lifespan
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast
 
+from .._shutdown import on_app_shutdown
 from . import _catalog
 from ._prompt import ChatRequest, TextRouter
 
@@ -788,6 +789,9 @@ def get_worker() -> MlxWorker:
             _worker = MlxWorker()
             if not _atexit_registered:
                 atexit.register(_shutdown_at_exit)
+                # An app that runs local models owns this thread: end it with the app (it
+                # must clear its streams before the process exits, or exit aborts).
+                on_app_shutdown(ashutdown)
                 _atexit_registered = True
         return _worker
 
