@@ -2,7 +2,8 @@
 
 ``POST /apps/{app}/users/{user}/sessions/{session}:cancel`` stops the run in flight for that
 session, whichever route started it (/run, /run_sse, /run_live), and leaves the session
-well-formed for the next turn.
+well-formed for the next turn. The backend interface (``CancelBackend``, ``LocalNode``,
+``RedisBackend``) lives in :mod:`adk_cancel.backends`.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from ._models import (
     RunsResponse,
     SessionKey,
 )
+from ._options import CancelOptions
+from ._order import CancelOrder
 from ._plugin import CANCEL_PLUGIN, CancelPlugin
 from ._registry import RunRegistry
-from .backends import BackendUnavailable, CancelBackend, LocalNode, backend_from_url
 
 __version__ = "0.1.0"
 
@@ -27,19 +29,17 @@ __all__ = [
     "CANCEL_PLUGIN",
     "PLUGIN_PATH",
     "WS_CLOSE_CANCELLED",
-    "BackendUnavailable",
-    "CancelBackend",
     "CancelMiddleware",
+    "CancelOptions",
+    "CancelOrder",
     "CancelPlugin",
     "CancelRequest",
     "CancelResponse",
     "CancelledRun",
-    "LocalNode",
     "RunInfo",
     "RunRegistry",
     "RunsResponse",
     "SessionKey",
-    "backend_from_url",
     "get_fast_api_app",
     "install",
 ]

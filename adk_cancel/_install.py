@@ -10,10 +10,10 @@ from typing import Any
 from fastapi import FastAPI
 
 from ._middleware import CancelMiddleware
-from ._registry import DEFAULT_GRACE_S, RunRegistry
+from ._options import CancelOptions
+from ._registry import RunRegistry
 from ._routes import add_routes_first, build_router
 from ._shutdown import run_app_shutdown_hooks
-from .backends import CancelBackend, backend_from_url
 
 PLUGIN_PATH = "adk_cancel.CANCEL_PLUGIN"
 """Dotted path of the plugin instance, for ADK's ``extra_plugins``."""
@@ -33,30 +33,24 @@ def _find_web_server(app: FastAPI) -> Any | None:
     return None
 
 
-def install(
-    app: FastAPI,
-    *,
-    backend_url: str = "memory://",
-    backend: CancelBackend | None = None,
-    grace_s: float = DEFAULT_GRACE_S,
-    chat: bool = False,
-    node_id: str | None = None,
-) -> RunRegistry:
+def install(app: FastAPI, **options: Any) -> RunRegistry:
     """Install cancellation on an ADK app that was already built; call it before serving.
 
-    On an app from ADK's ``get_fast_api_app`` it adds the ADK plugin too (runners built
-    earlier are rebuilt on their next request), so cancels abort cooperatively. On an app
-    whose ADK web server it cannot find, cancels can only cancel the request's task by force
-    and cannot repair the session (no session service in reach): add
-    ``extra_plugins=["adk_cancel.CANCEL_PLUGIN"]`` there.
+    ``options`` are :class:`CancelOptions` fields (``cancel_backend``, ``cancel_grace_s``,
+    ``cancel_node_id``, ``shutdown_grace_s``, ``chat``), the same names
+    ``get_fast_api_app`` and the CLI take. On an app from ADK's ``get_fast_api_app`` it adds
+    the ADK plugin too (runners built earlier are rebuilt on their next request), so cancels
+    abort cooperatively. On an app whose ADK web server it cannot find, cancels can only
+    cancel the request's task by force and cannot repair the session (no session service in
+    reach): add ``extra_plugins=["adk_cancel.CANCEL_PLUGIN"]`` there.
     """
+    return _install(app, CancelOptions(**options))
+
+
+def _install(app: FastAPI, settings: CancelOptions) -> RunRegistry:
     if getattr(app.state, "adk_cancel", None) is not None:
         raise RuntimeError("adk-cancel is already installed on this app")
-    registry = RunRegistry(
-        backend=backend if backend is not None else backend_from_url(backend_url),
-        grace_s=grace_s,
-        node_id=node_id,
-    )
+    registry = RunRegistry(settings)
     server = _find_web_server(app)
     default_app = os.environ.get("ADK_DEFAULT_APP_NAME")
     if server is not None:
@@ -73,7 +67,7 @@ def install(
         ) from exc
     add_routes_first(app, build_router(registry))
     app.router.lifespan_context = _with_registry(app.router.lifespan_context, registry)
-    if chat:
+    if settings.chat:
         from ._chat import add_chat_route
 
         add_chat_route(app)
@@ -99,23 +93,17 @@ def _with_registry(
     return lifespan
 
 
-def get_fast_api_app(
-    *,
-    cancel_backend: str = "memory://",
-    backend: CancelBackend | None = None,
-    cancel_grace_s: float = DEFAULT_GRACE_S,
-    chat: bool = False,
-    **adk_kwargs: Any,
-) -> FastAPI:
-    """ADK's ``get_fast_api_app`` (same keyword arguments) with cancellation installed.
+def get_fast_api_app(**kwargs: Any) -> FastAPI:
+    """ADK's ``get_fast_api_app`` with cancellation installed.
 
-    ``cancel_backend`` is a backend URL (``memory://``, ``redis://host:port/db``),
-    ``backend`` a custom backend object that overrides it, ``cancel_grace_s`` how long a
-    cooperative abort may take before the run's task is cancelled, ``chat`` serves the chat
-    page at ``/chat``.
+    Takes ADK's keyword arguments and :class:`CancelOptions`'s (``cancel_backend``: a
+    backend URL such as ``memory://`` or ``redis://host:port/db``, or a backend object;
+    ``cancel_grace_s``; ``cancel_node_id``; ``shutdown_grace_s``; ``chat``), the same names
+    as ``install`` and the CLI.
     """
     from google.adk.cli import fast_api
 
+    settings, adk_kwargs = CancelOptions.split(kwargs)
     # The CLI swaps ADK's factory for ours so ADK's own commands build our app; keep
     # calling the original.
     adk_get_fast_api_app = getattr(fast_api, "_adk_cancel_original", fast_api.get_fast_api_app)
@@ -123,5 +111,5 @@ def get_fast_api_app(
     if PLUGIN_PATH not in plugins:
         plugins.append(PLUGIN_PATH)
     app = adk_get_fast_api_app(extra_plugins=plugins, **adk_kwargs)
-    install(app, backend_url=cancel_backend, backend=backend, grace_s=cancel_grace_s, chat=chat)
+    _install(app, settings)
     return app

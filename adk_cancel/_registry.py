@@ -12,17 +12,18 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import anyio
+
 from ._models import CancelledRun, Route, RunInfo, SessionKey, StoppedBy
-from .backends import BackendUnavailable, CancelBackend, MemoryBackend
+from ._options import CancelOptions
+from ._order import CancelOrder
+from .backends import BackendUnavailable, CancelBackend, backend_from_url
 
 if TYPE_CHECKING:
     from google.adk.agents.invocation_context import InvocationContext
     from google.adk.sessions.base_session_service import BaseSessionService
 
 logger = logging.getLogger("adk_cancel")
-
-DEFAULT_GRACE_S = 2.0
-"""How long a cooperative abort may take before the run's task is cancelled by force."""
 
 WAIT_MARGIN_S = 3.0
 """How long past the grace period a waiting cancel request waits for a forced run to end."""
@@ -120,18 +121,17 @@ class RunRegistry:
     each is removed by the middleware's ``finally`` however it ends.
     """
 
-    def __init__(
-        self,
-        *,
-        backend: CancelBackend | None = None,
-        grace_s: float = DEFAULT_GRACE_S,
-        node_id: str | None = None,
-    ) -> None:
-        if grace_s < 0:
-            raise ValueError(f"grace_s must be >= 0 seconds, got {grace_s}")
-        self.backend: CancelBackend = backend if backend is not None else MemoryBackend()
-        self.grace_s = grace_s
-        self._node_id = node_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    def __init__(self, options: CancelOptions | None = None) -> None:
+        self.options = options if options is not None else CancelOptions()
+        backend = self.options.cancel_backend
+        self.backend: CancelBackend = (
+            backend_from_url(backend) if isinstance(backend, str) else backend
+        )
+        self.grace_s = self.options.cancel_grace_s
+        self._node_id = (
+            self.options.cancel_node_id
+            or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        )
         self.plugin_installed = True
         self._by_key: dict[SessionKey, dict[str, RunEntry]] = {}
         self._started = False
@@ -155,41 +155,31 @@ class RunRegistry:
             self._started = False
             await self.backend.disconnect()
 
-    # -- LocalNode -------------------------------------------------------------------------
+    # -- LocalNode: what a backend calls back into -----------------------------------------
 
     @property
     def node_id(self) -> str:
         return self._node_id
 
-    def list_runs(self, key: SessionKey) -> list[RunInfo]:
+    def runs_here(self, key: SessionKey) -> list[RunInfo]:
+        """The session's runs that this process holds."""
         return [e.info() for e in self._by_key.get(key, {}).values()]
 
-    def all_runs(self) -> list[RunInfo]:
+    def all_runs_here(self) -> list[RunInfo]:
+        """Every run this process holds (the backend's heartbeat re-announces them)."""
         return [e.info() for runs in self._by_key.values() for e in runs.values()]
 
-    async def cancel(
-        self,
-        key: SessionKey,
-        *,
-        invocation_id: str | None,
-        reason: str,
-        wait: bool,
-        timeout_s: float,
-    ) -> list[CancelledRun]:
+    async def cancel_here(self, order: CancelOrder) -> list[CancelledRun]:
+        """Cancel the order's runs that this process holds."""
         entries = [
-            e
-            for e in self._by_key.get(key, {}).values()
-            if invocation_id is None or e.invocation_id == invocation_id
+            e for e in self._by_key.get(order.key, {}).values() if order.matches(e.invocation_id)
         ]
         for entry in entries:
-            entry.request_cancel(reason)
-        if wait and entries:
-            waiters = [asyncio.ensure_future(e.finished.wait()) for e in entries]
-            try:
-                await asyncio.wait(waiters, timeout=timeout_s)
-            finally:
-                for w in waiters:
-                    w.cancel()
+            entry.request_cancel(order.reason)
+        if order.wait:
+            with anyio.move_on_after(order.timeout_s):
+                for entry in entries:
+                    await entry.finished.wait()
         return [e.outcome() for e in entries]
 
     # -- used by the middleware and the routes ---------------------------------------------
@@ -219,39 +209,27 @@ class RunRegistry:
         entry.key = key
         self._by_key.setdefault(key, {})[entry.run_id] = entry
 
-    async def list_all(self, key: SessionKey) -> list[RunInfo]:
-        """Runs of a session on every process; raises BackendUnavailable if others can't
-        be reached."""
+    async def runs_everywhere(self, key: SessionKey) -> list[RunInfo]:
+        """The session's runs on every process; raises BackendUnavailable if other
+        processes can't be reached."""
         await self.start()
-        local = self.list_runs(key)
+        local = self.runs_here(key)
         remote = await self.backend.list_remote(key)
         seen = {r.run_id for r in local}
         return local + [r for r in remote if r.run_id not in seen]
 
-    async def cancel_all(
-        self,
-        key: SessionKey,
-        *,
-        invocation_id: str | None,
-        reason: str,
-        wait: bool,
-        timeout_s: float,
+    async def cancel_everywhere(
+        self, order: CancelOrder
     ) -> tuple[list[CancelledRun], BackendUnavailable | None]:
-        """Cancel the session's runs here and on every other process.
+        """Cancel the order's runs here and on every other process.
 
         Local runs are cancelled even when the backend is down; the backend's error is
         returned beside them for the route to report.
         """
         await self.start()
-        local_task = asyncio.ensure_future(
-            self.cancel(
-                key, invocation_id=invocation_id, reason=reason, wait=wait, timeout_s=timeout_s
-            )
-        )
+        local_task = asyncio.ensure_future(self.cancel_here(order))
         try:
-            remote = await self.backend.cancel_remote(
-                key, invocation_id=invocation_id, reason=reason, wait=wait, timeout_s=timeout_s
-            )
+            remote = await self.backend.cancel_remote(order)
             error = None
         except BackendUnavailable as exc:
             remote, error = [], exc

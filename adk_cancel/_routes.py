@@ -8,6 +8,7 @@ from fastapi import APIRouter, Body, FastAPI, HTTPException
 from fastapi.responses import JSONResponse
 
 from ._models import CancelRequest, CancelResponse, RunsResponse, SessionKey
+from ._order import CancelOrder
 from ._registry import RunRegistry
 from .backends import BackendUnavailable
 
@@ -59,15 +60,14 @@ def build_router(registry: RunRegistry) -> APIRouter:
     ) -> JSONResponse:
         request = body or CancelRequest()
         key = SessionKey(app_name, user_id, session_id)
-        reason = request.reason or DEFAULT_REASON
-        timeout_s = request.timeout_s or registry.default_timeout_s()
-        runs, error = await registry.cancel_all(
-            key,
+        order = CancelOrder(
+            key=key,
+            reason=request.reason or DEFAULT_REASON,
             invocation_id=request.invocation_id,
-            reason=reason,
             wait=request.wait,
-            timeout_s=timeout_s,
+            timeout_s=request.timeout_s or registry.default_timeout_s(),
         )
+        runs, error = await registry.cancel_everywhere(order)
         if not runs:
             raise _unavailable(error) if error is not None else _no_run(key)
         answer = CancelResponse(
@@ -75,7 +75,7 @@ def build_router(registry: RunRegistry) -> APIRouter:
             app_name=app_name,
             user_id=user_id,
             session_id=session_id,
-            reason=reason,
+            reason=order.reason,
             runs=runs,
             unreachable=None if error is None else _unreachable(error),
         )
@@ -92,7 +92,7 @@ def build_router(registry: RunRegistry) -> APIRouter:
     async def list_session_runs(app_name: str, user_id: str, session_id: str) -> RunsResponse:
         key = SessionKey(app_name, user_id, session_id)
         try:
-            runs = await registry.list_all(key)
+            runs = await registry.runs_everywhere(key)
         except BackendUnavailable as exc:
             raise _unavailable(exc) from exc
         return RunsResponse(app_name=app_name, user_id=user_id, session_id=session_id, runs=runs)

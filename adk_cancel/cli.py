@@ -10,7 +10,7 @@ from typing import Any
 import click
 import httpx
 
-from ._registry import DEFAULT_GRACE_S
+from ._options import DEFAULT_GRACE_S
 
 
 @click.group(context_settings={"max_content_width": 120})

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Protocol, runtime_checkable
 
 from .._models import CancelledRun, RunInfo, SessionKey
+from .._order import CancelOrder
 
 
 class BackendUnavailable(RuntimeError):
@@ -24,19 +25,17 @@ class LocalNode(Protocol):
     @property
     def node_id(self) -> str: ...
 
-    def list_runs(self, key: SessionKey) -> list[RunInfo]: ...
+    def runs_here(self, key: SessionKey) -> list[RunInfo]:
+        """The session's runs this process holds."""
+        ...
 
-    def all_runs(self) -> list[RunInfo]: ...
+    def all_runs_here(self) -> list[RunInfo]:
+        """Every run this process holds."""
+        ...
 
-    async def cancel(
-        self,
-        key: SessionKey,
-        *,
-        invocation_id: str | None,
-        reason: str,
-        wait: bool,
-        timeout_s: float,
-    ) -> list[CancelledRun]: ...
+    async def cancel_here(self, order: CancelOrder) -> list[CancelledRun]:
+        """Cancel the order's runs this process holds; the outcome of each."""
+        ...
 
 
 @runtime_checkable
@@ -59,12 +58,4 @@ class CancelBackend(Protocol):
 
     async def list_remote(self, key: SessionKey) -> list[RunInfo]: ...
 
-    async def cancel_remote(
-        self,
-        key: SessionKey,
-        *,
-        invocation_id: str | None,
-        reason: str,
-        wait: bool,
-        timeout_s: float,
-    ) -> list[CancelledRun]: ...
+    async def cancel_remote(self, order: CancelOrder) -> list[CancelledRun]: ...

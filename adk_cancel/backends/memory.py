@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .._models import CancelledRun, RunInfo, SessionKey
+from .._order import CancelOrder
 from ._base import LocalNode
 
 
@@ -27,13 +28,5 @@ class MemoryBackend:
     async def list_remote(self, key: SessionKey) -> list[RunInfo]:
         return []
 
-    async def cancel_remote(
-        self,
-        key: SessionKey,
-        *,
-        invocation_id: str | None,
-        reason: str,
-        wait: bool,
-        timeout_s: float,
-    ) -> list[CancelledRun]:
+    async def cancel_remote(self, order: CancelOrder) -> list[CancelledRun]:
         return []

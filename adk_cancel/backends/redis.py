@@ -45,6 +45,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._models import CancelledRun, RunInfo, SessionKey
+from .._order import CancelOrder
 from ._base import BackendUnavailable, LocalNode
 
 __all__ = ["RedisBackend"]
@@ -96,11 +97,7 @@ class _CancelMessage(BaseModel):
     type: Literal["cancel"] = "cancel"
     request_id: str
     reply_to: str
-    key: tuple[str, str, str]
-    invocation_id: str | None
-    reason: str
-    wait: bool
-    timeout_s: float = Field(gt=0)
+    order: CancelOrder
 
 
 class _ReplyMessage(BaseModel):
@@ -421,7 +418,7 @@ class RedisBackend:
             while not ops.empty():
                 ops.get_nowait()
             self._accepting = True
-            await self._write_snapshot(client, node.all_runs())
+            await self._write_snapshot(client, node.all_runs_here())
         except _FAILURES as exc:
             self._accepting = False
             with contextlib.suppress(*_FAILURES):
@@ -574,7 +571,7 @@ class RedisBackend:
             wait_s = next_beat - loop.time()
             if wait_s <= 0:
                 try:
-                    await self._write_snapshot(client, node.all_runs())
+                    await self._write_snapshot(client, node.all_runs_here())
                 except _FAILURES as exc:
                     self._mark_down(exc)
                     return
@@ -708,15 +705,8 @@ class RedisBackend:
         if fields and self._accepting and self._ops is not None:
             self._ops.put_nowait(_Op("prune", hash_key=hash_key, fields=tuple(fields)))
 
-    async def cancel_remote(
-        self,
-        key: SessionKey,
-        *,
-        invocation_id: str | None,
-        reason: str,
-        wait: bool,
-        timeout_s: float,
-    ) -> list[CancelledRun]:
+    async def cancel_remote(self, order: CancelOrder) -> list[CancelledRun]:
+        key, invocation_id = order.key, order.invocation_id
         client, _ = await self._ready()
         try:
             # Liveness is checked after publishing, and only for the nodes nobody heard:
@@ -738,13 +728,7 @@ class RedisBackend:
         pending = _Pending(expected=set(holders))
         self._pending[request_id] = pending
         message = _CancelMessage(
-            request_id=request_id,
-            reply_to=self._node_id,
-            key=(key.app_name, key.user_id, key.session_id),
-            invocation_id=invocation_id,
-            reason=reason,
-            wait=wait,
-            timeout_s=timeout_s,
+            request_id=request_id, reply_to=self._node_id, order=order
         ).model_dump_json()
         try:
             async with client.pipeline(transaction=False) as pipe:
@@ -761,7 +745,7 @@ class RedisBackend:
                         self._runs_key(*key),
                         [self._run_field_of(node_id, r) for r in holders.pop(node_id)],
                     )
-            deadline = timeout_s + self.reply_margin_s if wait else self.ack_timeout_s
+            deadline = order.timeout_s + self.reply_margin_s if order.wait else self.ack_timeout_s
             await _wait_event(pending.done, deadline)
         except _FAILURES as exc:
             raise self._raise_for(exc) from exc
@@ -845,13 +829,7 @@ class RedisBackend:
             return
         reply = _ReplyMessage(request_id=message.request_id, node=self._node_id)
         try:
-            reply.runs = await node.cancel(
-                SessionKey(*message.key),
-                invocation_id=message.invocation_id,
-                reason=message.reason,
-                wait=message.wait,
-                timeout_s=message.timeout_s,
-            )
+            reply.runs = await node.cancel_here(message.order)
         except Exception as exc:
             logger.exception("adk-cancel: a cancel sent by worker %s failed", message.reply_to)
             reply.error = f"{type(exc).__name__}: {exc}"

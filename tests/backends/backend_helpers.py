@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from adk_cancel import CancelledRun, RunInfo, SessionKey
+from adk_cancel import CancelledRun, CancelOrder, RunInfo, SessionKey
 from adk_cancel.backends import BackendUnavailable, CancelBackend
 
 REDIS_SERVER = shutil.which("redis-server")
@@ -127,10 +127,10 @@ class SimpleNode:
     def node_id(self) -> str:
         return self._node_id
 
-    def list_runs(self, key: SessionKey) -> list[RunInfo]:
+    def runs_here(self, key: SessionKey) -> list[RunInfo]:
         return [r.info for r in self.runs.values() if _key(r.info) == key]
 
-    def all_runs(self) -> list[RunInfo]:
+    def all_runs_here(self) -> list[RunInfo]:
         return [r.info for r in self.runs.values()]
 
     def start_run(
@@ -173,22 +173,19 @@ class SimpleNode:
     def is_running(self, run_id: str) -> bool:
         return run_id in self.runs
 
-    async def cancel(
-        self,
-        key: SessionKey,
-        *,
-        invocation_id: str | None,
-        reason: str,
-        wait: bool,
-        timeout_s: float,
-    ) -> list[CancelledRun]:
+    async def cancel_here(self, order: CancelOrder) -> list[CancelledRun]:
         self.cancel_calls.append(
-            {"key": key, "invocation_id": invocation_id, "reason": reason, "wait": wait}
+            {
+                "key": order.key,
+                "invocation_id": order.invocation_id,
+                "reason": order.reason,
+                "wait": order.wait,
+            }
         )
         chosen = [
             r
             for r in self.runs.values()
-            if _key(r.info) == key and invocation_id in (None, r.info.invocation_id)
+            if _key(r.info) == order.key and order.matches(r.info.invocation_id)
         ]
         for run in chosen:
             if run.cancel_at is None:
@@ -197,8 +194,8 @@ class SimpleNode:
                 self.backend.announce(run.info)
             run.abort.set()
         tasks = [r.task for r in chosen if r.task is not None]
-        if wait and tasks:
-            await asyncio.wait(tasks, timeout=timeout_s)
+        if order.wait and tasks:
+            await asyncio.wait(tasks, timeout=order.timeout_s)
         return [
             CancelledRun(
                 run_id=r.info.run_id,

@@ -4,7 +4,7 @@ Each test connects two real ``SimpleNode`` registries, each through its own back
 With ``memory://`` the nodes share nothing, so "remote" is always empty; with ``redis://``
 each node sees and cancels the other's runs, and never its own. The last tests check the same
 contract through the HTTP routes of a real app, and a custom backend object passed as
-``backend=``.
+``cancel_backend=``.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from fastapi.testclient import TestClient
 from support import SAMPLES, memory_services, run_body, session_path, wait_until
 
 import adk_cancel
-from adk_cancel import BackendUnavailable, CancelledRun, RunInfo, SessionKey
-from adk_cancel.backends import CancelBackend, LocalNode
+from adk_cancel import CancelledRun, CancelOrder, RunInfo, SessionKey
+from adk_cancel.backends import BackendUnavailable, CancelBackend, LocalNode
 
 from .backend_helpers import Cluster, RedisServer, SimpleNode, eventually
 
@@ -39,8 +39,8 @@ async def settle(cluster: Cluster, probe: Any) -> None:
         await eventually(probe)
 
 
-def cancel_kwargs(**overrides: Any) -> dict[str, Any]:
-    return {"invocation_id": None, "reason": "test", "wait": True, "timeout_s": 2.0, **overrides}
+def order(key: SessionKey = KEY, **overrides: Any) -> CancelOrder:
+    return CancelOrder(**{"key": key, "reason": "test", "timeout_s": 2.0, **overrides})
 
 
 async def test_backend_satisfies_the_protocols(cluster: Cluster) -> None:
@@ -73,8 +73,8 @@ async def test_nothing_anywhere(cluster: Cluster) -> None:
     a = await cluster.node()
     await cluster.node()
     assert await a.backend.list_remote(KEY) == []
-    assert await a.backend.cancel_remote(KEY, **cancel_kwargs()) == []
-    assert await a.backend.cancel_remote(KEY, **cancel_kwargs(wait=False)) == []
+    assert await a.backend.cancel_remote(order()) == []
+    assert await a.backend.cancel_remote(order(wait=False)) == []
 
 
 async def test_list_remote_shows_other_nodes_runs_never_own(cluster: Cluster) -> None:
@@ -105,7 +105,7 @@ async def test_ended_runs_leave_the_remote_listing(cluster: Cluster) -> None:
     a, b = await cluster.node(), await cluster.node()
     run = a.start_run(KEY)
     await settle(cluster, lambda: remote_ids(b))
-    await a.cancel(KEY, **cancel_kwargs())  # a local cancel: the run ends and is withdrawn
+    await a.cancel_here(order())  # a local cancel: the run ends and is withdrawn
     assert not a.is_running(run.run_id)
 
     async def gone() -> bool:
@@ -119,7 +119,7 @@ async def test_cancel_remote_stops_the_other_nodes_run(cluster: Cluster) -> None
     run = a.start_run(KEY)
     await settle(cluster, lambda: remote_ids(b))
 
-    result = await b.backend.cancel_remote(KEY, **cancel_kwargs(reason="from b"))
+    result = await b.backend.cancel_remote(order(reason="from b"))
 
     if not cluster.shared:
         assert result == []
@@ -140,7 +140,7 @@ async def test_cancel_remote_leaves_the_requesters_own_runs_alone(cluster: Clust
     theirs = a.start_run(KEY)
     await settle(cluster, lambda: remote_ids(b))
 
-    result = await b.backend.cancel_remote(KEY, **cancel_kwargs())
+    result = await b.backend.cancel_remote(order())
 
     # The core cancels the requester's runs through its registry; the backend must not.
     assert b.is_running(own.run_id) and b.cancel_calls == []
@@ -149,7 +149,7 @@ async def test_cancel_remote_leaves_the_requesters_own_runs_alone(cluster: Clust
     # A node alone with its runs has nothing remote to cancel.
     c = await cluster.node()
     only_c = c.start_run(KEY._replace(session_id="c-only"))
-    assert await c.backend.cancel_remote(KEY._replace(session_id="c-only"), **cancel_kwargs()) == []
+    assert await c.backend.cancel_remote(order(KEY._replace(session_id="c-only"))) == []
     assert c.is_running(only_c.run_id)
 
 
@@ -162,11 +162,11 @@ async def test_cancel_remote_by_invocation_id(cluster: Cluster) -> None:
         return len(await remote_ids(b)) == 2
 
     await settle(cluster, both_listed)
-    result = await b.backend.cancel_remote(KEY, **cancel_kwargs(invocation_id="inv-2"))
+    result = await b.backend.cancel_remote(order(invocation_id="inv-2"))
     assert [r.run_id for r in result] == ([second.run_id] if cluster.shared else [])
     assert a.is_running(first.run_id)
     assert a.is_running(second.run_id) is not cluster.shared
-    assert await b.backend.cancel_remote(KEY, **cancel_kwargs(invocation_id="nope")) == []
+    assert await b.backend.cancel_remote(order(invocation_id="nope")) == []
     assert a.is_running(first.run_id)
 
 
@@ -176,7 +176,7 @@ async def test_wait_false_answers_once_the_cancel_is_signalled(cluster: Cluster)
     await settle(cluster, lambda: remote_ids(b))
 
     started = time.monotonic()
-    result = await b.backend.cancel_remote(KEY, **cancel_kwargs(wait=False, timeout_s=10))
+    result = await b.backend.cancel_remote(order(wait=False, timeout_s=10))
     elapsed = time.monotonic() - started
 
     assert elapsed < 0.5
@@ -196,7 +196,7 @@ async def test_wait_is_bounded_by_timeout_s(cluster: Cluster) -> None:
     await settle(cluster, lambda: remote_ids(b))
 
     started = time.monotonic()
-    result = await b.backend.cancel_remote(KEY, **cancel_kwargs(timeout_s=0.3))
+    result = await b.backend.cancel_remote(order(timeout_s=0.3))
     elapsed = time.monotonic() - started
 
     assert elapsed < 1.3  # timeout_s plus a bounded margin for the round trips
@@ -205,7 +205,7 @@ async def test_wait_is_bounded_by_timeout_s(cluster: Cluster) -> None:
         [outcome] = result
         assert (outcome.run_id, outcome.stopped) == (run.run_id, False)
         # The holder marked its run as cancelling, and the listing says so.
-        listed = await eventually(lambda: _async([r for r in [*a.list_runs(KEY)] if r.cancelling]))
+        listed = await eventually(lambda: _async([r for r in [*a.runs_here(KEY)] if r.cancelling]))
         assert listed[0].run_id == run.run_id
     else:
         assert result == []
@@ -220,7 +220,7 @@ async def test_keys_with_separators_do_not_collide(cluster: Cluster) -> None:
     for key, run in runs.items():
         await settle(cluster, lambda key=key: remote_ids(b, key))
         assert await remote_ids(b, key) == ({run.run_id} if cluster.shared else set())
-    result = await b.backend.cancel_remote(one, **cancel_kwargs())
+    result = await b.backend.cancel_remote(order(one))
     assert [r.run_id for r in result] == ([runs[one].run_id] if cluster.shared else [])
     assert a.is_running(runs[two].run_id) and a.is_running(runs[three].run_id)
 
@@ -234,7 +234,7 @@ async def test_many_nodes_answer_one_cancel(cluster: Cluster) -> None:
         return await remote_ids(requester) == started
 
     await settle(cluster, all_listed)
-    result = await requester.backend.cancel_remote(KEY, **cancel_kwargs())
+    result = await requester.backend.cancel_remote(order())
     assert {r.run_id for r in result} == (started if cluster.shared else set())
     assert all(r.stopped_by == "abort" for r in result)
 
@@ -327,16 +327,9 @@ class PeerBackend:
             raise BackendUnavailable("peer bus is down")
         return [self._peer_run(key)]
 
-    async def cancel_remote(
-        self,
-        key: SessionKey,
-        *,
-        invocation_id: str | None,
-        reason: str,
-        wait: bool,
-        timeout_s: float,
-    ) -> list[CancelledRun]:
-        self._record("cancel_remote", {"key": key, "reason": reason, "wait": wait})
+    async def cancel_remote(self, order: CancelOrder) -> list[CancelledRun]:
+        key, wait = order.key, order.wait
+        self._record("cancel_remote", order)
         if self.down:
             raise BackendUnavailable("peer bus is down")
         await asyncio.sleep(0)
@@ -354,8 +347,7 @@ def test_custom_backend_object(observed: list[dict[str, Any]]) -> None:
     assert isinstance(backend, CancelBackend)
     app = adk_cancel.get_fast_api_app(
         agents_dir=str(SAMPLES),
-        cancel_backend="redis://127.0.0.1:1/0",  # overridden by backend=: never dialled
-        backend=backend,
+        cancel_backend=backend,
         **memory_services(),
     )
     with TestClient(app) as client:
@@ -369,8 +361,12 @@ def test_custom_backend_object(observed: list[dict[str, Any]]) -> None:
         answer = client.post(path + ":cancel", json={"reason": "remote only"})
         assert answer.status_code == 200, answer.text
         assert [r["worker"] for r in answer.json()["runs"]] == [PeerBackend.PEER]
-        sent = {"key": SessionKey("slow_agent", "u", "s1"), "reason": "remote only", "wait": True}
-        assert ("cancel_remote", sent) in backend.calls
+        [sent] = [v for n, v in backend.calls if n == "cancel_remote"]
+        assert (sent.key, sent.reason, sent.wait) == (
+            SessionKey("slow_agent", "u", "s1"),
+            "remote only",
+            True,
+        )
 
         # A local run is announced with its invocation id and withdrawn when it ends; the
         # cancel answer holds both the local and the remote run.

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from adk_cancel import BackendUnavailable, SessionKey
-from adk_cancel.backends import backend_from_url
+from adk_cancel import CancelOrder, SessionKey
+from adk_cancel.backends import BackendUnavailable, backend_from_url
 from adk_cancel.backends.redis import RedisBackend
 
 from .backend_helpers import RedisServer, SimpleNode, eventually, free_port
@@ -122,12 +122,12 @@ async def test_redis_down_at_startup_then_it_comes_back(
             assert str(error).startswith(f"Redis at {redis_server.url} is unreachable: ")
             assert error.__cause__ is not None
             elapsed, error = await timed(
-                b.cancel_remote(KEY, invocation_id=None, reason="r", wait=True, timeout_s=1)
+                b.cancel_remote(CancelOrder(KEY, "r", wait=True, timeout_s=1))
             )
             assert isinstance(error, BackendUnavailable) and elapsed < 1.0
         # Local cancels do not go through the backend at all.
-        assert [r.stopped for r in await node_a.cancel(
-            KEY._replace(session_id="x"), invocation_id=None, reason="r", wait=True, timeout_s=1
+        assert [r.stopped for r in await node_a.cancel_here(
+            CancelOrder(KEY._replace(session_id="x"), "r", timeout_s=1)
         )] == []  # fmt: skip
         assert len(outage_warnings(caplog)) == 2  # one per backend, not one per call
 
@@ -135,9 +135,7 @@ async def test_redis_down_at_startup_then_it_comes_back(
         # No manual step: the run announced while Redis was down shows up, and cancels work.
         listed = await eventually(lambda: b.list_remote(KEY), timeout=5)
         assert [r.run_id for r in listed] == [run.run_id]
-        [outcome] = await b.cancel_remote(
-            KEY, invocation_id=None, reason="back", wait=True, timeout_s=2
-        )
+        [outcome] = await b.cancel_remote(CancelOrder(KEY, "back", wait=True, timeout_s=2))
         assert (outcome.run_id, outcome.stopped_by) == (run.run_id, "abort")
         assert a.connected and b.connected
     assert any("reachable again" in r.getMessage() for r in caplog.records)
@@ -166,16 +164,15 @@ async def test_redis_dies_mid_run_and_recovers(
                 assert isinstance(error, BackendUnavailable), error
                 assert elapsed < 1.0
                 elapsed, error = await timed(
-                    b.cancel_remote(KEY, invocation_id=None, reason="r", wait=False, timeout_s=1)
+                    b.cancel_remote(CancelOrder(KEY, "r", wait=False, timeout_s=1))
                 )
                 assert isinstance(error, BackendUnavailable) and elapsed < 1.0
             # Runs keep starting and ending: announce/withdraw never raise.
             late = node_a.start_run(KEY, invocation_id=f"late-{outage}")
             short = node_b.start_run(KEY._replace(session_id="short"))
-            await node_b.cancel(
-                KEY._replace(session_id="short"), invocation_id=None, reason="local",
-                wait=True, timeout_s=1,
-            )  # fmt: skip
+            await node_b.cancel_here(
+                CancelOrder(KEY._replace(session_id="short"), "local", timeout_s=1)
+            )
             assert not node_b.is_running(short.run_id)
             await eventually(lambda: _async(not a.connected and not b.connected))
             assert len(outage_warnings(caplog)) == 2, [r.getMessage() for r in caplog.records]
@@ -189,7 +186,7 @@ async def test_redis_dies_mid_run_and_recovers(
             await eventually(both_listed, timeout=5)
             assert len(outage_warnings(caplog)) == 2  # no new warning while recovering
         [outcome] = await b.cancel_remote(
-            KEY, invocation_id=late.invocation_id, reason="back", wait=True, timeout_s=2
+            CancelOrder(KEY, "back", invocation_id=late.invocation_id, timeout_s=2)
         )
         assert (outcome.run_id, outcome.stopped_by) == (late.run_id, "abort")
     assert node_a.is_running(first.run_id)
@@ -238,11 +235,8 @@ async def test_disconnect_forgets_this_node_and_ends_every_task(
     node_a.start_run(KEY._replace(session_id="stubborn"), stubborn=True)
     await eventually(lambda: b.list_remote(KEY._replace(session_id="stubborn")))
     pending = asyncio.create_task(
-        b.cancel_remote(
-            KEY._replace(session_id="stubborn"), invocation_id=None, reason="r", wait=True,
-            timeout_s=30,
-        )
-    )  # fmt: skip
+        b.cancel_remote(CancelOrder(KEY._replace(session_id="stubborn"), "r", timeout_s=30))
+    )
     await asyncio.sleep(0.1)
     await a.disconnect()
     # The TTL is 30 s, yet the graceful shutdown removed A at once.
@@ -296,7 +290,7 @@ async def test_a_killed_holder_is_reported_not_stopped_until_it_expires(
         await holder.wait()
 
     # Until then it is listed, and a cancel reports its run as not stopped (nobody listens).
-    [outcome] = await b.cancel_remote(KEY, invocation_id=None, reason="r", wait=False, timeout_s=1)
+    [outcome] = await b.cancel_remote(CancelOrder(KEY, "r", wait=False, timeout_s=1))
     assert (outcome.run_id, outcome.stopped, outcome.worker) == (run_id, False, holder_id)
 
     async def expired() -> bool:
@@ -305,7 +299,7 @@ async def test_a_killed_holder_is_reported_not_stopped_until_it_expires(
     started = time.monotonic()
     await eventually(expired, timeout=3)
     assert time.monotonic() - started < 1.5  # the TTL is 1 s
-    assert await b.cancel_remote(KEY, invocation_id=None, reason="r", wait=True, timeout_s=1) == []
+    assert await b.cancel_remote(CancelOrder(KEY, "r", wait=True, timeout_s=1)) == []
     await b.disconnect()
 
 
@@ -331,9 +325,7 @@ async def test_garbage_in_redis_is_survived(
             await raw.publish(a._channel(node_a.node_id), junk)
         # A stray field in the session's hash is skipped, not fatal.
         await raw.hset(b._runs_key(*KEY), "no-separator", "{}")
-        [outcome] = await b.cancel_remote(
-            KEY, invocation_id=None, reason="r", wait=True, timeout_s=2
-        )
+        [outcome] = await b.cancel_remote(CancelOrder(KEY, "r", wait=True, timeout_s=2))
         assert (outcome.run_id, outcome.stopped_by) == (run.run_id, "abort")
 
         # A key of the wrong type: Redis answers with an error; that is a 503 too, but not
@@ -364,9 +356,7 @@ async def test_an_idle_subscription_outlives_the_op_timeout(
         run = node_a.start_run(KEY)
         await eventually(lambda: b.list_remote(KEY))
         await asyncio.sleep(1.0)
-        [outcome] = await b.cancel_remote(
-            KEY, invocation_id=None, reason="r", wait=True, timeout_s=2
-        )
+        [outcome] = await b.cancel_remote(CancelOrder(KEY, "r", wait=True, timeout_s=2))
         assert (outcome.run_id, outcome.stopped_by) == (run.run_id, "abort")
     assert outage_warnings(caplog) == []
     await a.disconnect()

@@ -1,0 +1,45 @@
+"""The cancel order: one value that travels from whoever cancels to the worker holding the run.
+
+A ``:cancel`` request, a client disconnect and a server shutdown each build one
+``CancelOrder``; the registry, every backend and the Redis wire message carry it unchanged,
+so a new field (an action, a cause) is added here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import TypeAdapter
+
+from ._models import SessionKey
+
+
+@dataclass(frozen=True)
+class CancelOrder:
+    """Stop the runs of one session (or one invocation of it)."""
+
+    key: SessionKey
+    """Whose runs: a run of another app, user or session is never touched."""
+    reason: str
+    """Shown to the run's client and logged."""
+    invocation_id: str | None = None
+    """Only this invocation of the session; ``None``: every run of it."""
+    wait: bool = True
+    """Answer once every run has stopped (and its session is sealed), or once signalled."""
+    timeout_s: float = 5.0
+    """With ``wait``: answer after this long even if a run has not stopped."""
+
+    def matches(self, invocation_id: str | None) -> bool:
+        """Whether a run with this invocation id is one the order is for."""
+        return self.invocation_id is None or self.invocation_id == invocation_id
+
+    def to_json(self) -> bytes:
+        return _WIRE.dump_json(self)
+
+    @classmethod
+    def from_json(cls, data: str | bytes) -> CancelOrder:
+        """Parse an order sent by another worker; raises ``pydantic.ValidationError``."""
+        return _WIRE.validate_json(data)
+
+
+_WIRE: TypeAdapter[CancelOrder] = TypeAdapter(CancelOrder)
