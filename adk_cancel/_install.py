@@ -104,12 +104,17 @@ def get_fast_api_app(**kwargs: Any) -> FastAPI:
     from google.adk.cli import fast_api
 
     settings, adk_kwargs = CancelOptions.split(kwargs)
-    # The CLI swaps ADK's factory for ours so ADK's own commands build our app; keep
-    # calling the original.
-    adk_get_fast_api_app = getattr(fast_api, "_adk_cancel_original", fast_api.get_fast_api_app)
+    return build_app(fast_api.get_fast_api_app, settings, adk_kwargs)
+
+
+def build_app(
+    adk_factory: Callable[..., FastAPI], settings: CancelOptions, adk_kwargs: dict[str, Any]
+) -> FastAPI:
+    """``adk_factory(**adk_kwargs)`` (ADK's ``get_fast_api_app``) with our plugin added to
+    its ``extra_plugins``, then cancellation installed on the app it built."""
     plugins = list(adk_kwargs.pop("extra_plugins", None) or [])
     if PLUGIN_PATH not in plugins:
         plugins.append(PLUGIN_PATH)
-    app = adk_get_fast_api_app(extra_plugins=plugins, **adk_kwargs)
+    app = adk_factory(extra_plugins=plugins, **adk_kwargs)
     _install(app, settings)
     return app

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import click
 import httpx
 
-from ._options import DEFAULT_GRACE_S
+from ._options import DEFAULT_GRACE_S, CancelOptions
 
 
 @click.group(context_settings={"max_content_width": 120})
@@ -47,20 +48,14 @@ def _wrap_adk_command(name: str, adk_command: click.Command) -> click.Command:
     """ADK's own click command (every flag of it), building its app through ours."""
 
     def callback(**kwargs: Any) -> Any:
-        from google.adk.cli import fast_api
-
-        from ._install import get_fast_api_app
-
-        options = {
-            "cancel_backend": kwargs.pop("cancel_backend"),
-            "cancel_grace_s": kwargs.pop("cancel_grace_s"),
-            "chat": kwargs.pop("chat"),
-        }
-        if not hasattr(fast_api, "_adk_cancel_original"):
-            fast_api._adk_cancel_original = fast_api.get_fast_api_app
-        fast_api.get_fast_api_app = functools.partial(get_fast_api_app, **options)
+        settings = CancelOptions(
+            cancel_backend=kwargs.pop("cancel_backend"),
+            cancel_grace_s=kwargs.pop("cancel_grace_s"),
+            chat=kwargs.pop("chat"),
+        )
         assert adk_command.callback is not None
-        return adk_command.callback(**kwargs)
+        with _adk_builds_our_app(settings):
+            return adk_command.callback(**kwargs)
 
     return click.Command(
         name,
@@ -69,6 +64,25 @@ def _wrap_adk_command(name: str, adk_command: click.Command) -> click.Command:
         help=f"Like `adk {name}`, with the :cancel route installed.\n\n{adk_command.help or ''}",
         context_settings={"max_content_width": 120},
     )
+
+
+@contextlib.contextmanager
+def _adk_builds_our_app(settings: CancelOptions) -> Iterator[None]:
+    """While ADK's own command runs, its ``get_fast_api_app`` builds our app; undone after."""
+    from google.adk.cli import fast_api
+
+    from ._install import build_app
+
+    adk_factory = fast_api.get_fast_api_app
+
+    def ours(**adk_kwargs: Any) -> Any:
+        return build_app(adk_factory, settings, adk_kwargs)
+
+    fast_api.get_fast_api_app = ours
+    try:
+        yield
+    finally:
+        fast_api.get_fast_api_app = adk_factory
 
 
 def _register_adk_commands() -> None:

@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
 import threading
 import time
 from pathlib import Path
@@ -30,11 +29,15 @@ from typing import Any
 import httpx
 import websockets
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "samples"), str(ROOT / "tests")]
+from adk_cancel.testing import run_body, serve, session_path
 
-from slow_agent.agent import OBSERVED
-from support import memory_services, run_body, serve, session_path
+ROOT = Path(__file__).resolve().parent.parent
+MEMORY_SERVICES = {
+    "web": False,
+    "session_service_uri": "memory://",
+    "artifact_service_uri": "memory://",
+    "memory_service_uri": "memory://",
+}
 
 
 def pct(values: list[float], q: float) -> float:
@@ -42,9 +45,15 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def wait_tool(sid: str) -> None:
+async def wait_tool(client: httpx.AsyncClient, sid: str) -> None:
+    """Until the model's call of the slow tool is stored: the run then waits in the tool."""
     deadline = time.monotonic() + 10
-    while not any(o["event"] == "tool_started" and o.get("session_id") == sid for o in OBSERVED):
+    while True:
+        events = (await client.get(session_path(sid))).json()["events"]
+        if any(
+            "functionCall" in p for e in events for p in (e.get("content") or {}).get("parts", [])
+        ):
+            return
         if time.monotonic() > deadline:
             raise RuntimeError("the tool did not start")
         await asyncio.sleep(0.002)
@@ -62,7 +71,7 @@ async def one_trial(client: httpx.AsyncClient, url: str, route: str) -> tuple[fl
     else:
         body = run_body(sid, "tool 30", streaming=route == "run_sse")
         request = asyncio.create_task(client.post(f"/{route}", json=body))
-    await wait_tool(sid)
+    await wait_tool(client, sid)
     started = time.perf_counter()
     answer = await client.post(session_path(sid) + ":cancel")
     round_trip = (time.perf_counter() - started) * 1000
@@ -71,7 +80,6 @@ async def one_trial(client: httpx.AsyncClient, url: str, route: str) -> tuple[fl
         await request
     else:
         await ws.close()
-    OBSERVED.clear()
     return float(run["stop_ms"]), round_trip
 
 
@@ -91,7 +99,7 @@ async def latency(url: str, trials: int) -> dict[str, tuple[list[float], list[fl
 
 
 def server_cpu_s(url: str) -> float:
-    """CPU seconds the uvicorn thread serving ``url`` has used (``support.serve`` names it)."""
+    """CPU seconds the uvicorn thread serving ``url`` has used (``testing.serve`` names it)."""
     name = "uvicorn:" + url.rsplit(":", 1)[1]
     [thread] = [t for t in threading.enumerate() if t.name == name]
     assert thread.ident is not None
@@ -132,10 +140,10 @@ def main() -> None:
     import adk_cancel
 
     samples = str(ROOT / "samples")
-    with serve(adk_cancel.get_fast_api_app(agents_dir=samples, **memory_services())) as url:
+    with serve(adk_cancel.get_fast_api_app(agents_dir=samples, **MEMORY_SERVICES)) as url:
         # Throughput first, on two fresh servers: after the latency trials the adk-cancel
         # server would hold hundreds of sessions more than the plain one.
-        with serve(get_fast_api_app(agents_dir=samples, **memory_services())) as plain_url:
+        with serve(get_fast_api_app(agents_dir=samples, **MEMORY_SERVICES)) as plain_url:
             asyncio.run(sse_events_per_s(url, 200))
             asyncio.run(sse_events_per_s(plain_url, 200))
             with_cancel, plain, ratios, cpu_ratios = [], [], [], []

@@ -8,8 +8,9 @@ import pytest
 from fastapi.testclient import TestClient
 from support import SAMPLES, TEST_AGENTS, build_app
 
-# ADK's agent loader imports agents by directory name; put both agent folders on the path
-# so tests share the very modules (and their OBSERVED lists) that the server runs.
+# ADK's agent loader imports agents by directory name: the test agents come first, so tests
+# share the very modules (and the OBSERVED list) that the server runs. samples/ is there for
+# the agents only it has (local_agent).
 for path in (str(SAMPLES), str(TEST_AGENTS)):
     if path not in sys.path:
         sys.path.insert(0, path)
@@ -17,7 +18,7 @@ for path in (str(SAMPLES), str(TEST_AGENTS)):
 
 @pytest.fixture
 def observed() -> Iterator[list[dict[str, Any]]]:
-    from slow_agent.agent import OBSERVED
+    from observations import OBSERVED
 
     OBSERVED.clear()
     yield OBSERVED
@@ -37,5 +38,5 @@ def client(app: Any) -> Iterator[TestClient]:
 
 @pytest.fixture
 def stubborn_client() -> Iterator[TestClient]:
-    with TestClient(build_app(str(TEST_AGENTS), cancel_grace_s=0.3)) as c:
+    with TestClient(build_app(cancel_grace_s=0.3)) as c:
         yield c

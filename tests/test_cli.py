@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import httpx
 import pytest
 from click.testing import CliRunner
-from support import SAMPLES, free_port, run_body, session_path, wait_until
+from observations import EVENTS_ENV
+from support import TEST_AGENTS, free_port, run_body, session_path, wait_until
 
 from adk_cancel.cli import main
+from adk_cancel.testing import ServerProcess
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -40,32 +39,18 @@ def test_cancel_command_reports_404_with_exit_1_and_unreachable_with_2() -> None
 
 
 def test_api_server_subprocess_run_then_cancel_from_cli(tmp_path: Path) -> None:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     events = tmp_path / "events.jsonl"
-    env = {**os.environ, "SLOW_AGENT_EVENTS": str(events), "PYTHONUNBUFFERED": "1"}
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "adk_cancel.cli",
-            "api_server",
-            "--port",
-            str(port),
-            "--session_service_uri",
-            "memory://",
-            "--artifact_service_uri",
-            "memory://",
-            "--no_chat",
-            "--no-reload",
-            str(SAMPLES),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    server = ServerProcess(
+        TEST_AGENTS,
+        "--session_service_uri", "memory://",
+        "--artifact_service_uri", "memory://",
+        "--no_chat",
+        log_path=tmp_path / "server.log",
+        env={EVENTS_ENV: str(events)},
+    )  # fmt: skip
+    url = server.url
+    server.start()
     try:
-        wait_until(lambda: _up(url), timeout=90, interval=0.2)
         sid = httpx.post(f"{url}/apps/slow_agent/users/u/sessions", json={}).json()["id"]
         thread = threading.Thread(
             target=lambda: httpx.post(f"{url}/run", json=run_body(sid, "tool 30"), timeout=30),
@@ -105,19 +90,7 @@ def test_api_server_subprocess_run_then_cancel_from_cli(tmp_path: Path) -> None:
         assert again.exit_code == 1
         assert httpx.get(url + session_path(sid) + "/runs").json()["runs"] == []
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            raise
+        server.stop(signal.SIGINT)
     # uvicorn re-raises SIGINT after a clean shutdown, which click reports as "Aborted!".
-    log = server.stderr.read().decode() if server.stderr else ""
+    log = server.log()
     assert "Application shutdown complete" in log and "Traceback" not in log, log
-
-
-def _up(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/list-apps", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False

@@ -1,59 +1,24 @@
 """A deterministic slow agent that needs no API key: the thing to cancel.
 
-Its model streams a sentence word by word, then calls ``slow_lookup``, an async tool that
-waits (30 s by default), then answers. Like Gemini, the model refuses a history with a
-function call that has no response, so a session a cancel left broken fails its next turn.
-
-What the user message says picks the script (the rest of the text is ignored):
-
-| message starts with | what the model does                                                 |
-|---------------------|---------------------------------------------------------------------|
-| ``quick``           | streams a short answer at once, no tool                             |
-| ``words N``         | streams N words, 0.1 s apart, no tool                               |
-| ``fast N``          | streams N one-word chunks with no delay, no tool (throughput bench) |
-| ``tool S``          | streams a short sentence, then calls ``slow_lookup(seconds=S)``     |
-| anything else       | streams a sentence slowly, then calls ``slow_lookup(seconds=30)``   |
-
-Cancellations the agent observes (the tool's or the model's task being cancelled or closed)
-are logged and, when ``SLOW_AGENT_EVENTS`` names a file, appended to it as JSON lines, so a
-test in another process can see them.
+Its model (``adk_cancel.testing.ScriptedLlm``) streams a sentence word by word, then calls
+``slow_lookup``, an async tool that waits (30 s by default), then answers. Like Gemini, the
+model refuses a history with a function call that has no response, so a session a cancel left
+broken fails its next turn. The first word of the message picks the script: ``quick``,
+``words N``, ``fast N``, ``tool S`` (see ``ScriptedLlm``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
-import os
-import time
-from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from google.adk.agents import LlmAgent
-from google.adk.models.base_llm import BaseLlm
-from google.adk.models.base_llm_connection import BaseLlmConnection
-from google.adk.models.llm_request import LlmRequest
-from google.adk.models.llm_response import LlmResponse
 from google.adk.tools.tool_context import ToolContext
-from google.genai import types
 
-logger = logging.getLogger("slow_agent")
+from adk_cancel.testing import ScriptedLlm
 
-WORD_DELAY_S = 0.1
-DEFAULT_TOOL_S = 30.0
-OBSERVED: list[dict[str, Any]] = []
-"""Cancellations seen in this process (tests read it)."""
-
-
-def _observe(kind: str, **fields: Any) -> None:
-    record = {"event": kind, "t": time.time(), **fields}
-    OBSERVED.append(record)
-    logger.info("slow_agent observed %s", record)
-    path = os.environ.get("SLOW_AGENT_EVENTS")
-    if path:
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+logger = logging.getLogger(__name__)
 
 
 async def slow_lookup(seconds: float, tool_context: ToolContext) -> dict[str, Any]:
@@ -62,171 +27,18 @@ async def slow_lookup(seconds: float, tool_context: ToolContext) -> dict[str, An
     Args:
       seconds: How long the lookup takes.
     """
-    session_id = tool_context.session.id
-    _observe("tool_started", session_id=session_id, seconds=seconds)
     try:
         await asyncio.sleep(seconds)
     except asyncio.CancelledError:
-        _observe("tool_cancelled", session_id=session_id)
+        # A cancel reaches an async tool as a cancellation of its task.
+        logger.info("slow_lookup in session %s was cancelled", tool_context.session.id)
         raise
-    _observe("tool_finished", session_id=session_id)
     return {"result": f"looked it up in {seconds:g} s"}
-
-
-def _unanswered_calls(request: LlmRequest) -> list[str]:
-    pending: dict[str, str] = {}
-    for content in request.contents:
-        for part in content.parts or []:
-            if part.function_call and part.function_call.id:
-                pending[part.function_call.id] = part.function_call.name or "?"
-            if part.function_response and part.function_response.id:
-                pending.pop(part.function_response.id, None)
-    return list(pending.values())
-
-
-def _last_user_text(request: LlmRequest) -> str:
-    for content in reversed(request.contents):
-        if content.role == "user":
-            texts = [p.text for p in content.parts or [] if p.text]
-            if texts:
-                return " ".join(texts).strip()
-    return ""
-
-
-def _number(text: str, default: float) -> float:
-    parts = text.split()
-    try:
-        return float(parts[1]) if len(parts) > 1 else default
-    except ValueError:
-        return default
-
-
-class SlowLlm(BaseLlm):
-    """A scripted model; see the module docstring."""
-
-    model: str = "slow-scripted"
-
-    @classmethod
-    def supported_models(cls) -> list[str]:
-        return [r"slow-scripted"]
-
-    async def generate_content_async(
-        self, llm_request: LlmRequest, stream: bool = False
-    ) -> AsyncGenerator[LlmResponse, None]:
-        unanswered = _unanswered_calls(llm_request)
-        if unanswered:
-            # What Gemini does with a history a forced cancel left open.
-            raise ValueError(f"function call(s) without a response in history: {unanswered}")
-        last = llm_request.contents[-1] if llm_request.contents else None
-        after_tool = bool(last and any(p.function_response for p in last.parts or []))
-        text = _last_user_text(llm_request)
-        command = text.split()[0].lower() if text else ""
-
-        if after_tool:
-            words, delay, call = ["The", "lookup", "is", "done."], 0.0, None
-        elif command == "quick":
-            words, delay, call = ["Here", "is", "a", "quick", "answer."], 0.0, None
-        elif command == "words":
-            n = int(_number(text, 20))
-            words, delay, call = [f"word{i}" for i in range(n)], WORD_DELAY_S, None
-        elif command == "fast":
-            n = int(_number(text, 100))
-            words, delay, call = [f"w{i}" for i in range(n)], 0.0, None
-        elif command == "tool":
-            words, delay, call = ["Looking", "it", "up."], 0.0, _number(text, DEFAULT_TOOL_S)
-        else:
-            words = "Let me think about that and look it up for you, one moment please.".split()
-            delay, call = WORD_DELAY_S, DEFAULT_TOOL_S
-
-        emitted: list[str] = []
-        try:
-            for word in words:
-                if delay:
-                    await asyncio.sleep(delay)
-                emitted.append(word)
-                if stream:
-                    yield LlmResponse(
-                        content=types.ModelContent(parts=[types.Part(text=word + " ")]),
-                        partial=True,
-                    )
-        except (asyncio.CancelledError, GeneratorExit):
-            _observe("llm_cancelled", words_emitted=len(emitted))
-            raise
-        parts = [types.Part(text=" ".join(words))]
-        if call is not None:
-            parts.append(
-                types.Part(
-                    function_call=types.FunctionCall(name="slow_lookup", args={"seconds": call})
-                )
-            )
-        yield LlmResponse(
-            content=types.ModelContent(parts=parts),
-            finish_reason=types.FinishReason.STOP,
-        )
-
-    @contextlib.asynccontextmanager
-    async def connect(self, llm_request: LlmRequest) -> AsyncIterator[BaseLlmConnection]:
-        yield _SlowConnection()
-
-
-class _SlowConnection(BaseLlmConnection):
-    """Live mode: each user message gets a slowly streamed sentence, then a slow_lookup call."""
-
-    def __init__(self) -> None:
-        self._inbox: asyncio.Queue[types.Content] = asyncio.Queue()
-
-    async def send_history(self, history: list[types.Content]) -> None:
-        return None
-
-    async def send_content(self, content: types.Content) -> None:
-        await self._inbox.put(content)
-
-    async def send_realtime(self, blob: types.Blob) -> None:
-        return None
-
-    async def receive(self) -> AsyncGenerator[LlmResponse, None]:
-        try:
-            while True:
-                content = await self._inbox.get()
-                if any(p.function_response for p in content.parts or []):
-                    yield LlmResponse(
-                        content=types.ModelContent(parts=[types.Part(text="The lookup is done.")])
-                    )
-                    yield LlmResponse(turn_complete=True)
-                    continue
-                text = " ".join(p.text for p in content.parts or [] if p.text)
-                seconds = _number(text, DEFAULT_TOOL_S) if text.startswith("tool") else None
-                for word in "Let me look that up.".split():
-                    await asyncio.sleep(WORD_DELAY_S)
-                    yield LlmResponse(
-                        content=types.ModelContent(parts=[types.Part(text=word + " ")]),
-                        partial=True,
-                    )
-                if seconds is None:
-                    yield LlmResponse(turn_complete=True)
-                    continue
-                yield LlmResponse(
-                    content=types.ModelContent(
-                        parts=[
-                            types.Part(
-                                function_call=types.FunctionCall(
-                                    name="slow_lookup", args={"seconds": seconds}
-                                )
-                            )
-                        ]
-                    )
-                )
-        except (asyncio.CancelledError, GeneratorExit):
-            _observe("live_cancelled")
-            raise
-
-    async def close(self) -> None:
-        return None
 
 
 root_agent = LlmAgent(
     name="slow_agent",
-    model=SlowLlm(),
+    model=ScriptedLlm(),
     instruction="You look things up slowly.",
     tools=[slow_lookup],
 )

@@ -4,21 +4,13 @@ real ``LocalNode`` whose runs are asyncio tasks that stop when they are told to 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from adk_cancel import CancelledRun, CancelOrder, RunInfo, SessionKey
@@ -30,73 +22,6 @@ requires_redis = pytest.mark.skipif(
     reason="redis-server is not on PATH: install it (apt-get install redis-server) to run "
     "the Redis backend tests; CI installs it",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _pong(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-class RedisServer:
-    """A throwaway ``redis-server`` (no persistence) that a test can stop and start again on
-    the same port."""
-
-    def __init__(self, port: int, workdir: Path) -> None:
-        self.port = port
-        self.workdir = workdir
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        assert REDIS_SERVER is not None
-        assert self.process is None, "already running"
-        # The port was free a moment ago; another process may take it before redis-server
-        # binds. Retrying is cheaper than a flaky test.
-        for _ in range(50):
-            self.process = subprocess.Popen(
-                [
-                    REDIS_SERVER,
-                    "--port", str(self.port),
-                    "--bind", "127.0.0.1",
-                    "--save", "",
-                    "--appendonly", "no",
-                    "--dir", str(self.workdir),
-                    "--loglevel", "warning",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )  # fmt: skip
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and self.process.poll() is None:
-                if _pong(self.port):
-                    return
-                time.sleep(0.01)
-            self.process.kill()
-            self.process.wait()
-            self.process = None
-            time.sleep(0.1)
-        raise RuntimeError(f"redis-server did not start on port {self.port}")
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is None:
-            return
-        # SIGKILL: an outage, not a clean shutdown (no final save, clients just see EOF).
-        process.kill()
-        process.wait(timeout=10)
 
 
 # -- a real LocalNode -------------------------------------------------------------------------
@@ -265,86 +190,3 @@ class Cluster:
         for node in self.nodes:
             await node.close()
             await node.backend.disconnect()
-
-
-# -- real server processes --------------------------------------------------------------------
-
-WORKER_SCRIPT = Path(__file__).resolve().parent / "_worker.py"
-
-
-class Worker:
-    """One ``_worker.py`` server process on a loopback port."""
-
-    def __init__(self, name: str, backend_url: str, session_db: Path, workdir: Path) -> None:
-        self.name = name
-        self.port = free_port()
-        self.events = workdir / f"{name}-events.jsonl"
-        self.log = workdir / f"{name}.log"
-        self.events.write_text("")
-        env = {**os.environ, "SLOW_AGENT_EVENTS": str(self.events), "PYTHONUNBUFFERED": "1"}
-        with self.log.open("wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, str(WORKER_SCRIPT), str(self.port), backend_url, str(session_db)],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def holds(self, run: dict[str, Any]) -> bool:
-        """Whether a listed or cancelled run belongs to this process (node ids hold the pid)."""
-        return f":{self.pid}:" in str(run["worker"])
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"worker {self.name} exited:\n{self.log.read_text()}")
-            try:
-                if httpx.get(self.url + "/list-apps", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"worker {self.name} did not start:\n{self.log.read_text()}")
-
-    def observed(self, session_id: str | None = None) -> list[dict[str, Any]]:
-        records = [json.loads(line) for line in self.events.read_text().splitlines() if line]
-        return [r for r in records if session_id is None or r.get("session_id") == session_id]
-
-    def saw(self, event: str, session_id: str) -> bool:
-        return any(r["event"] == event for r in self.observed(session_id))
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-
-
-def start_workers(names: list[str], backend_url: str, workdir: Path) -> list[Worker]:
-    """Start the workers side by side (an import of ADK takes seconds) and wait for all."""
-    session_db = workdir / "sessions.db"
-    workers = [Worker(name, backend_url, session_db, workdir) for name in names]
-    try:
-        for worker in workers:
-            worker.wait_ready()
-    except BaseException:
-        for worker in workers:
-            worker.kill()
-        raise
-    return workers

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from adk_cancel.backends import backend_from_url
+from adk_cancel.testing import RedisServer, free_port
 
-from .backend_helpers import REDIS_SERVER, Cluster, RedisServer, free_port, requires_redis
+from .backend_helpers import REDIS_SERVER, Cluster, requires_redis
 
 
 @pytest.fixture

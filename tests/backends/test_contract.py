@@ -16,13 +16,14 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from support import SAMPLES, memory_services, run_body, session_path, wait_until
+from support import TEST_AGENTS, memory_services, run_body, session_path, wait_until
 
 import adk_cancel
 from adk_cancel import CancelledRun, CancelOrder, RunInfo, SessionKey
 from adk_cancel.backends import BackendUnavailable, CancelBackend, LocalNode
+from adk_cancel.testing import RedisServer
 
-from .backend_helpers import Cluster, RedisServer, SimpleNode, eventually
+from .backend_helpers import Cluster, SimpleNode, eventually
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -258,7 +259,7 @@ def test_http_cancel_and_list_on_one_worker(
     kind: str, request: pytest.FixtureRequest, observed: list[dict[str, Any]]
 ) -> None:
     app = adk_cancel.get_fast_api_app(
-        agents_dir=str(SAMPLES), cancel_backend=backend_url(kind, request), **memory_services()
+        agents_dir=str(TEST_AGENTS), cancel_backend=backend_url(kind, request), **memory_services()
     )
     with TestClient(app) as client:
         sid = client.post("/apps/slow_agent/users/u/sessions", json={}).json()["id"]
@@ -346,7 +347,7 @@ def test_custom_backend_object(observed: list[dict[str, Any]]) -> None:
     backend = PeerBackend()
     assert isinstance(backend, CancelBackend)
     app = adk_cancel.get_fast_api_app(
-        agents_dir=str(SAMPLES),
+        agents_dir=str(TEST_AGENTS),
         cancel_backend=backend,
         **memory_services(),
     )

@@ -10,6 +10,7 @@ and b serve most tests; c exists to be killed with SIGKILL.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,14 +18,65 @@ from typing import Any
 
 import httpx
 import pytest
-from support import run_body, session_path
+from observations import EVENTS_ENV
+from support import TEST_AGENTS, run_body, session_path
 
-from .backend_helpers import REDIS_SERVER, RedisServer, Worker, free_port, start_workers
+from adk_cancel.testing import RedisServer, ServerProcess, free_port
+
+from .backend_helpers import REDIS_SERVER
 
 pytestmark = [
     pytest.mark.timeout(120),
     pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not on PATH: CI installs it"),
 ]
+
+
+class Worker(ServerProcess):
+    """One ``adk-cancel api_server`` process serving the test agents on a loopback port, with
+    its sessions in a shared SQLite file; its agents record what they observe to a file."""
+
+    def __init__(self, name: str, backend_url: str, session_db: Path, workdir: Path) -> None:
+        self.name = name
+        self.events = workdir / f"{name}-events.jsonl"
+        self.events.write_text("")
+        super().__init__(
+            TEST_AGENTS,
+            "--session_service_uri", f"sqlite:///{session_db}",
+            "--artifact_service_uri", "memory://",
+            "--memory_service_uri", "memory://",
+            "--cancel_backend", backend_url,
+            "--log_level", "warning",
+            "--no_chat",
+            log_path=workdir / f"{name}.log",
+            env={EVENTS_ENV: str(self.events)},
+        )  # fmt: skip
+
+    def holds(self, run: dict[str, Any]) -> bool:
+        """Whether a listed or cancelled run belongs to this process (node ids hold the pid)."""
+        return f":{self.pid}:" in str(run["worker"])
+
+    def observed(self, session_id: str | None = None) -> list[dict[str, Any]]:
+        records = [json.loads(line) for line in self.events.read_text().splitlines() if line]
+        return [r for r in records if session_id is None or r.get("session_id") == session_id]
+
+    def saw(self, event: str, session_id: str) -> bool:
+        return any(r["event"] == event for r in self.observed(session_id))
+
+
+def start_workers(names: list[str], backend_url: str, workdir: Path) -> list[Worker]:
+    """Start the workers side by side (an import of ADK takes seconds) and wait for all."""
+    session_db = workdir / "sessions.db"
+    workers = [Worker(name, backend_url, session_db, workdir) for name in names]
+    try:
+        for worker in workers:
+            worker.start(wait=False)
+        for worker in workers:
+            worker.wait_ready()
+    except BaseException:
+        for worker in workers:
+            worker.kill()
+        raise
+    return workers
 
 
 TTL_S = 2.0
@@ -289,7 +341,7 @@ async def test_redis_outage(servers: Servers, http: httpx.AsyncClient) -> None:
     await assert_sealed_and_usable(http, b, remote_sid)
     # Each worker logged the outage once, and its end.
     for worker in (a, b):
-        log = worker.log.read_text()
+        log = worker.log()
         assert log.count("is unreachable") == 1, log
         assert log.count("is reachable again") == 1, log
 

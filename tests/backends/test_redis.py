@@ -19,8 +19,9 @@ import pytest
 from adk_cancel import CancelOrder, SessionKey
 from adk_cancel.backends import BackendUnavailable, backend_from_url
 from adk_cancel.backends.redis import RedisBackend
+from adk_cancel.testing import RedisServer, free_port
 
-from .backend_helpers import RedisServer, SimpleNode, eventually, free_port
+from .backend_helpers import SimpleNode, eventually
 
 pytestmark = pytest.mark.timeout(60)
 

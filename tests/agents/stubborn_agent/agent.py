@@ -7,7 +7,9 @@ from typing import Any
 
 from google.adk.agents import LlmAgent
 from google.adk.tools.tool_context import ToolContext
-from slow_agent.agent import SlowLlm, _observe
+from observations import observe
+
+from adk_cancel.testing import ScriptedLlm
 
 
 async def slow_lookup(seconds: float, tool_context: ToolContext) -> dict[str, Any]:
@@ -17,19 +19,19 @@ async def slow_lookup(seconds: float, tool_context: ToolContext) -> dict[str, An
       seconds: How long the lookup takes.
     """
     session_id = tool_context.session.id
-    _observe("tool_started", session_id=session_id, seconds=seconds)
+    observe("tool_started", session_id=session_id, seconds=seconds)
     try:
         await asyncio.sleep(seconds)
     except asyncio.CancelledError:
-        _observe("tool_ignored_cancel", session_id=session_id)
+        observe("tool_ignored_cancel", session_id=session_id)
     try:
         await asyncio.sleep(seconds)
     except asyncio.CancelledError:
-        _observe("tool_cancelled", session_id=session_id)
+        observe("tool_cancelled", session_id=session_id)
         raise
     return {"result": "done"}
 
 
 root_agent = LlmAgent(
-    name="stubborn_agent", model=SlowLlm(), instruction="Be stubborn.", tools=[slow_lookup]
+    name="stubborn_agent", model=ScriptedLlm(), instruction="Be stubborn.", tools=[slow_lookup]
 )
