@@ -22,6 +22,7 @@ from ._options import CancelOptions
 from ._order import CancelOrder
 from ._plugin import CANCEL_PLUGIN, CancelPlugin
 from ._registry import RunRegistry
+from ._repair import RepairFailed, repair_session
 
 __version__ = "0.1.0"
 
@@ -36,10 +37,12 @@ __all__ = [
     "CancelRequest",
     "CancelResponse",
     "CancelledRun",
+    "RepairFailed",
     "RunInfo",
     "RunRegistry",
     "RunsResponse",
     "SessionKey",
     "get_fast_api_app",
     "install",
+    "repair_session",
 ]

@@ -13,7 +13,7 @@ from ._middleware import CancelMiddleware
 from ._options import CancelOptions
 from ._registry import RunRegistry
 from ._routes import add_routes_first, build_router
-from ._shutdown import run_app_shutdown_hooks
+from ._shutdown import GracefulShutdown, drain, run_app_shutdown_hooks
 
 PLUGIN_PATH = "adk_cancel.CANCEL_PLUGIN"
 """Dotted path of the plugin instance, for ADK's ``extra_plugins``."""
@@ -81,11 +81,16 @@ def _with_registry(
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[Any]:
         await registry.start()
+        shutdown = GracefulShutdown(registry, registry.options.shutdown_grace_s)
         try:
+            shutdown.install()
             async with inner(app) as state:
                 yield state
         finally:
             try:
+                await shutdown.aclose()
+                # Whatever is left (a server stopped without a signal) ends here, sealed.
+                await drain(registry, 0)
                 await registry.stop()
             finally:
                 await run_app_shutdown_hooks()

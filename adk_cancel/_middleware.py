@@ -7,7 +7,8 @@ the real ``receive`` and finish the response after a forced cancel), while only 
 ADK runs it in. A context variable set here reaches that callback on all three routes.
 
 How a cancel plays out. "Cancel" is a ``:cancel`` request, a cross-worker cancel through the
-backend, or the client disconnecting; each calls ``RunEntry.request_cancel``.
+backend, the client disconnecting, or the server shutting down; each calls
+``RunEntry.request_cancel``.
 
 | race                                        | who wins, and what follows                   |
 |---------------------------------------------|----------------------------------------------|
@@ -19,19 +20,24 @@ backend, or the client disconnecting; each calls ``RunEntry.request_cancel``.
 | (sync tool, a tool swallowing cancellation) | producer task every 50 ms until it ends      |
 |                                             | (``stopped_by="force"``), then repairs       |
 | ``/run_live`` (ADK has no abort there)      | force at once, repair, close code 4000       |
-| run finishing vs a cancel that came late    | the run: ``stopped_by="finished"``           |
+| run finishing vs a cancel that came late    | the run, if its answer was complete:         |
+|                                             | nothing is aborted, ``stopped_by="finished"``|
 | the app's last SSE message vs a cancel      | the cancelled event goes out just before it  |
 | forced run vs its response                  | nothing sent yet: adk-cancel answers; a      |
 |                                             | stream already started: adk-cancel ends it   |
-| client disconnect vs anything               | nothing more is sent; the run is cancelled   |
-|                                             | like any other                               |
+| client disconnect vs ADK's own disconnect   | adk-cancel: ADK never sees the disconnect    |
+| handling (ADK cancels its task at once,     | (the replayed ``receive`` hides it), so the  |
+| even mid-commit)                            | run is aborted like any other cancel         |
 | the run raising after a cancel (ADK's seal  | the cancel: ``stopped_by="error"``, logged,  |
 | write failing on a stale shared session)    | repaired and answered as cancelled           |
+| ADK's seal vs the stored session            | adk-cancel reads the session back after      |
+|                                             | every cancel and answers any call left open  |
+| a new run vs server shutdown                | shutdown: 503 (websocket: close 1012)        |
 
 The cancel route answers (``wait=true``) when ``RunEntry.finished`` is set: after the run's
-task ended, the session was repaired and the response was finished, so the next turn on the
-session sees a well-formed history. Registry clean-up is in ``finally`` (ADK skips
-``after_run_callback`` on a cancelled task).
+task ended, the session was read back and repaired and the response was finished, so the
+next turn on the session sees a well-formed history. Registry clean-up is in ``finally``
+(ADK skips ``after_run_callback`` on a cancelled task).
 """
 
 from __future__ import annotations
@@ -39,17 +45,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, MutableMapping
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 import anyio
 
-from ._models import Route, SessionKey
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
+from ._models import Route, SessionKey, is_unicode_text
 from ._registry import RunEntry, RunRegistry, current_run
-from ._repair import repair_session
+from ._repair import RepairFailed, repair_session
 
 logger = logging.getLogger("adk_cancel")
 
@@ -62,13 +72,30 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 WS_CLOSE_CANCELLED = 4000
 """WebSocket close code sent to a /run_live client whose run was cancelled."""
 
+WS_CLOSE_SHUTTING_DOWN = 1012
+"""WebSocket close code ("service restart") for a /run_live that arrives during shutdown."""
+
 CANCEL_HEADER = b"x-adk-cancel"
 """Response header on a /run or /run_sse response whose run was cancelled."""
+
+REASON_HEADER = b"x-adk-cancel-reason"
+"""Beside it: why (percent-encoded where not printable ASCII)."""
 
 FORCE_RETRY_S = 0.05
 DRAIN_S = 1.0
 
 _HTTP_ROUTES: dict[str, Route] = {"/run": "run", "/run_sse": "run_sse"}
+_ADK_ERROR_CHUNK = b'data: {"error": '
+"""How ADK's /run_sse reports an exception of the run, as its last chunk."""
+
+
+class _Refused(Exception):
+    """A run request adk-cancel answers itself, with this status and message."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
 
 
 def _route_of(scope: Scope) -> Route | None:
@@ -84,9 +111,11 @@ def _route_of(scope: Scope) -> Route | None:
 
 
 def _key_from_body(body: bytes, default_app: str | None) -> SessionKey | None:
+    """The run's session, or None when ADK will reject the body itself (it answers those
+    with its own 4xx). Raises ``_Refused`` for ids no store or answer can hold."""
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(data, dict):
         return None
@@ -95,6 +124,12 @@ def _key_from_body(body: bytes, default_app: str | None) -> SessionKey | None:
     session = data.get("sessionId", data.get("session_id"))
     if not isinstance(app, str) or not isinstance(user, str) or not isinstance(session, str):
         return None
+    if not all(is_unicode_text(part) for part in (app, user, session)):
+        raise _Refused(
+            422,
+            "appName, userId and sessionId must be valid Unicode text: this request has a "
+            "lone surrogate escape (such as \\ud800) in one of them",
+        )
     return SessionKey(app, user, session)
 
 
@@ -112,13 +147,31 @@ def cancelled_event(entry: RunEntry) -> dict[str, Any]:
             "reason": reason,
             "invocationId": entry.invocation_id,
             "runId": entry.run_id,
-            "stoppedBy": entry.stopped_by or ("force" if entry.forced else "abort"),
+            "stoppedBy": entry.stopped_by or entry.stop_kind(),
         },
     }
 
 
+def _cancel_headers(entry: RunEntry) -> list[tuple[bytes, bytes]]:
+    reason = quote(entry.cancel_reason or "cancelled", safe=" !\"#$&'()*+,/:;<=>?@[]^`{|}~")
+    return [(CANCEL_HEADER, b"cancelled"), (REASON_HEADER, reason.encode("ascii"))]
+
+
 def _sse_chunk(entry: RunEntry) -> bytes:
     return f"event: cancelled\ndata: {json.dumps(cancelled_event(entry))}\n\n".encode()
+
+
+def _json_response(status: int, payload: Any, *extra: tuple[bytes, bytes]) -> list[Message]:
+    body = json.dumps(payload).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *extra,
+    ]
+    return [
+        {"type": "http.response.start", "status": status, "headers": headers},
+        {"type": "http.response.body", "body": body},
+    ]
 
 
 def _outer_cancelled() -> bool:
@@ -137,11 +190,11 @@ class _Response:
         self.ended = False
         self.sse = False
         self.cancel_event_sent = False
-        self.ws_accepted = False
         self.ws_closed = False
 
     async def send(self, message: Message) -> None:
         kind = message["type"]
+        entry = self.entry
         if kind == "http.response.start":
             self.started = True
             headers = list(message.get("headers", []))
@@ -149,24 +202,51 @@ class _Response:
                 k.lower() == b"content-type" and v.startswith(b"text/event-stream")
                 for k, v in headers
             )
-            if self.entry.cancel_reason is not None:
-                message = {**message, "headers": [*headers, (CANCEL_HEADER, b"cancelled")]}
-        elif kind == "http.response.body" and not message.get("more_body", False):
-            if self.sse and self.entry.cancel_reason is not None and not self.cancel_event_sent:
-                self.cancel_event_sent = True
-                await self._send(
-                    {
-                        "type": "http.response.body",
-                        "body": _sse_chunk(self.entry),
-                        "more_body": True,
-                    }
+            if entry.cancel_reason is not None:
+                message = {**message, "headers": [*headers, *_cancel_headers(entry)]}
+        elif kind == "http.response.body":
+            if (
+                self.sse
+                and entry.cancel_reason is not None
+                and message.get("body", b"").startswith(_ADK_ERROR_CHUNK)
+            ):
+                # ADK's stream failed on its way out of the cancel (its seal write hit a
+                # stale session): the run is stopped all the same, and the session gets
+                # repaired; the client's answer is the cancel, not ADK's internal error.
+                entry.failed = True
+                logger.warning(
+                    "Run %s (session %s) reported an error after its cancel; repairing the "
+                    "session: %s",
+                    entry.invocation_id or entry.run_id,
+                    entry.key.session_id,
+                    message["body"][6:].decode(errors="replace").strip()[:500],
                 )
-            self.ended = True
-        elif kind == "websocket.accept":
-            self.ws_accepted = True
+                message = {**message, "body": b""}
+            if not message.get("more_body", False):
+                if self.sse and entry.cancel_reason is not None and not self.cancel_event_sent:
+                    self.cancel_event_sent = True
+                    await self._send(
+                        {"type": "http.response.body", "body": _sse_chunk(entry), "more_body": True}
+                    )
+                self.ended = True
+                if entry.cancel_reason is None:
+                    entry.ended = True
         elif kind in ("websocket.close", "websocket.http.response.start"):
             self.ws_closed = True
         await self._send(message)
+
+    async def fail_http(self, exc: BaseException) -> None:
+        """The app raised before answering: say what went wrong, as JSON (Starlette would
+        answer a bare "Internal Server Error")."""
+        if self.started or self.entry.disconnected:
+            return
+        # The task group the app ran in wraps its error in an exception group.
+        while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+            exc = exc.exceptions[0]
+        detail = f"{type(exc).__name__}: {exc}"
+        for message in _json_response(500, {"detail": detail}):
+            await self._send(message)
+        self.started = self.ended = True
 
     async def finish_http(self) -> None:
         """Complete the response of a run that was cancelled by force."""
@@ -186,7 +266,7 @@ class _Response:
                     "headers": [
                         (b"content-type", ctype),
                         (b"content-length", str(len(body)).encode()),
-                        (CANCEL_HEADER, b"cancelled"),
+                        *_cancel_headers(entry),
                     ],
                 }
             )
@@ -208,19 +288,25 @@ class _Response:
         self.ws_closed = True
 
 
-async def _end_orphans(readers: set[asyncio.Task[Any]]) -> None:
-    """End the tasks ADK's live handler left reading the socket.
+async def _end_tasks(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """End the tasks ADK's live handler left behind, and read how each ended.
 
     A handler cancelled inside its ``asyncio.wait`` skips the ``finally`` that cancels its
-    reader task, which would then die on the close we are about to send ("Task exception
-    was never retrieved"). Those tasks are ours to end now: nobody else will.
+    tasks, and even that ``finally`` never awaits them: its socket reader would die on the
+    close we are about to send, its event forwarder on a send to a gone client or on a stale
+    session write, each logged as "Task exception was never retrieved". Those tasks are ours
+    to end now: nobody else will.
     """
     current = asyncio.current_task()
-    orphans = [t for t in readers if t is not current and not t.done()]
-    for task in orphans:
+    tasks = [t for t in tasks if t is not current]
+    pending = [t for t in tasks if not t.done()]
+    for task in pending:
         task.cancel()
-    if orphans:
-        await asyncio.wait(orphans, timeout=DRAIN_S)
+    if pending:
+        await asyncio.wait(pending, timeout=DRAIN_S)
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            logger.debug("Live run task %s ended with %r", task.get_name(), task.exception())
 
 
 class CancelMiddleware:
@@ -254,23 +340,37 @@ class CancelMiddleware:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        key = _key_from_body(body, self.default_app_name)
-        gone = anyio.Event()
         body_sent = False
 
-        # Only the middleware reads the real receive; ADK's /run monitor and Starlette's
-        # StreamingResponse get the body once and then a disconnect when the listener saw one.
         async def replay() -> Message:
+            # Only the middleware listens for the client's disconnect: ADK's /run monitor
+            # and Starlette's StreamingResponse get the body once and then nothing, so a
+            # disconnect is a cancel like any other (abort first), never ADK's instant
+            # task cancel that can interrupt a session commit half-way.
             nonlocal body_sent
             if not body_sent:
                 body_sent = True
                 return {"type": "http.request", "body": body, "more_body": False}
-            await gone.wait()
-            return {"type": "http.disconnect"}
+            await anyio.sleep_forever()
+            raise AssertionError("unreachable")
+
+        try:
+            key = _key_from_body(body, self.default_app_name)
+            if key is not None and not self.registry.accepting:
+                raise _Refused(503, "The server is shutting down: send the run again.")
+        except _Refused as refused:
+            extra = [(b"connection", b"close")] if refused.status == 503 else []
+            for reply in _json_response(refused.status, {"detail": refused.detail}, *extra):
+                await send(reply)
+            return
 
         if key is None:
-            # ADK rejects this body itself (422/400); there is no run to register.
-            await self.app(scope, replay, send)
+            # ADK rejects this body itself (422/400) and no run starts: its own handling,
+            # its own disconnects.
+            async def replay_then_pass() -> Message:
+                return await replay() if not body_sent else await receive()
+
+            await self.app(scope, replay_then_pass, send)
             return
 
         await self.registry.start()
@@ -287,11 +387,14 @@ class CancelMiddleware:
             except OSError:
                 pass
             entry.disconnected = True
-            gone.set()
             if not app_done:
                 entry.request_cancel("client disconnected")
 
-        await self._run(entry, route, lambda: self.app(scope, replay, response.send), listen)
+        try:
+            await self._run(entry, route, lambda: self.app(scope, replay, response.send), listen)
+        except Exception as exc:
+            await response.fail_http(exc)
+            raise
         app_done = True
         try:
             await self._after(entry)
@@ -311,6 +414,15 @@ class CancelMiddleware:
         session = (query.get("session_id") or [None])[0]
         if user is None or session is None:
             await self.app(scope, receive, send)
+            return
+        if not self.registry.accepting:
+            await send(
+                {
+                    "type": "websocket.close",
+                    "code": WS_CLOSE_SHUTTING_DOWN,
+                    "reason": "server shutting down",
+                }
+            )
             return
 
         await self.registry.start()
@@ -332,7 +444,8 @@ class CancelMiddleware:
         await self._run(entry, "run_live", lambda: self.app(scope, watch_receive, response.send))
         app_done = True
         try:
-            await _end_orphans(readers)
+            producer = {entry.producer} if entry.producer is not None else set()
+            await _end_tasks(readers | producer)
             await self._after(entry)
             if entry.cancel_reason is not None:
                 await response.finish_ws()
@@ -362,23 +475,30 @@ class CancelMiddleware:
                 try:
                     with app_scope:
                         await call_app()
+                    if entry.cancel_reason is None:
+                        entry.ended = True
                 except asyncio.CancelledError:
-                    # ADK re-raises the cancellation of its own producer task, which our
-                    # force caused: the run is over, not this request.
-                    if not entry.forced or _outer_cancelled():
+                    # ADK re-raises the cancellation of its own task, which our force (or,
+                    # after a disconnect, nobody's answer) caused: the run is over, not
+                    # this request.
+                    if not (entry.forced or entry.disconnected) or _outer_cancelled():
                         raise
-                except Exception:
+                except Exception as error:
                     if entry.cancel_reason is None:
                         raise
                     # Failing on the way out of a cancel (ADK's seal write hitting a stale
                     # session on a shared store) still ends the run: repair and answer as
                     # cancelled rather than a 500 and an unsealed session.
                     entry.failed = True
-                    logger.exception(
-                        "Run %s (session %s) failed after its cancel; repairing the session",
+                    logger.warning(
+                        "Run %s (session %s) failed after its cancel (%s: %s); repairing the "
+                        "session",
                         entry.invocation_id or entry.run_id,
                         entry.key.session_id,
+                        type(error).__name__,
+                        error,
                     )
+                    logger.debug("The failure of run %s", entry.run_id, exc_info=True)
                 finally:
                     if entry.cancel_mono is not None:
                         entry.stop_ms = round((time.monotonic() - entry.cancel_mono) * 1000, 3)
@@ -409,41 +529,35 @@ class CancelMiddleware:
             if producer is None or producer.done() or entry.route == "run_live":
                 # ADK's live handler waits for *all* its tasks once one is cancelled (a
                 # cancelled task is no exception to asyncio.wait(FIRST_EXCEPTION)): cancel the
-                # handler itself, whose finally cancels the rest.
+                # handler itself.
                 app_scope.cancel()
             await anyio.sleep(FORCE_RETRY_S)
 
     async def _after(self, entry: RunEntry) -> None:
-        """After the app returned: make sure ADK's task is gone, then repair the session."""
+        """After the app returned: make sure ADK's task is gone, then read the session back
+        and answer any function call the run left open."""
         if entry.cancel_reason is None:
             return
         ic = entry.invocation_context
-        if entry.failed:
-            entry.stopped_by = "error"
-        elif ic is not None and ic.is_aborted and not entry.forced:
-            entry.stopped_by = "abort"
-        elif entry.forced:
-            entry.stopped_by = "force"
+        if ic is None and not (entry.forced or entry.failed):
+            entry.stopped_by = "finished"  # ADK ended the request before starting a run
         else:
-            entry.stopped_by = "finished"
+            entry.stopped_by = entry.stop_kind()
         producer = entry.producer
         if producer is not None and not producer.done():
-            # /run_live cancels its tasks without awaiting them; don't repair under their feet.
+            # A forced /run task may still be unwinding; don't repair under its feet.
             with anyio.move_on_after(DRAIN_S):
                 while not producer.done():
                     producer.cancel()
                     await asyncio.wait([producer], timeout=FORCE_RETRY_S)
-        needs_repair = entry.forced or entry.failed or entry.route == "run_live"
-        if needs_repair and entry.session_service is not None and entry.invocation_id:
-            try:
-                entry.repaired = await repair_session(
-                    entry.session_service,
-                    entry.key,
-                    entry.invocation_id,
-                    entry.cancel_reason,
-                )
-            except Exception:
-                logger.exception("Could not repair session %s after a cancel", entry.key)
+        if entry.session_service is None or not entry.invocation_id:
+            return
+        try:
+            entry.repaired = await repair_session(
+                entry.session_service, entry.key, entry.invocation_id, entry.cancel_reason
+            )
+        except RepairFailed as exc:
+            logger.error("%s: %s", exc, exc.__cause__)
 
     def _close(self, entry: RunEntry) -> None:
         if not entry.finished.is_set():

@@ -43,8 +43,18 @@ class CancelRequest(BaseModel):
         default=None,
         gt=0,
         le=300,
+        allow_inf_nan=False,
         description="With wait=true, answer after this long even if a run has not stopped.",
     )
+
+
+def is_unicode_text(value: str) -> bool:
+    """Whether ``value`` can be written as UTF-8 (JSON allows lone surrogates; UTF-8 not)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class RunInfo(BaseModel):
@@ -76,7 +86,8 @@ class CancelledRun(BaseModel):
     )
     repaired: bool = Field(
         default=False,
-        description="True when adk-cancel answered function calls a forced cancel left open.",
+        description="True when adk-cancel answered function calls the run left open (a "
+        "forced or live run, or ADK's own seal missing from the stored session).",
     )
 
 
@@ -103,3 +114,8 @@ class RunsResponse(BaseModel):
     user_id: str
     session_id: str
     runs: list[RunInfo]
+    unreachable: str | None = Field(
+        default=None,
+        description="Set when other workers could not be reached (the cancel backend is "
+        "down): only this worker's runs are listed.",
+    )

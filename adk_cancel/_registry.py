@@ -54,6 +54,8 @@ class RunEntry:
     forced: bool = False
     failed: bool = False
     disconnected: bool = False
+    ended: bool = False
+    """The run ended on its own (its answer was complete) before any cancel reached it."""
     stopped_by: StoppedBy | None = None
     stop_ms: float | None = None
     repaired: bool = False
@@ -78,6 +80,11 @@ class RunEntry:
         """Signal a cancel; idempotent. The middleware's watcher does the rest."""
         if self.cancel_reason is not None or self.finished.is_set():
             return
+        if self.ended:
+            # Too late: the answer is complete, and aborting now would only make the
+            # outcome look like a stop (ADK's is_aborted flag is all that would change).
+            self.stopped_by = "finished"
+            return
         self.cancel_reason = reason
         self.cancel_mono = time.monotonic()
         if self.invocation_context is not None:
@@ -85,6 +92,10 @@ class RunEntry:
             self.invocation_context.abort()
         self.cancel_requested.set()
         self.registry.backend.announce(self.info())
+
+    def stop_kind(self) -> StoppedBy:
+        """How the cancelled run is ending, as far as known now."""
+        return "error" if self.failed else "force" if self.forced else "abort"
 
     def info(self) -> RunInfo:
         return RunInfo(
@@ -133,7 +144,11 @@ class RunRegistry:
             or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         )
         self.plugin_installed = True
+        self.accepting = True
+        """False once the server is shutting down: new runs are refused."""
         self._by_key: dict[SessionKey, dict[str, RunEntry]] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._started = False
         self._start_lock: asyncio.Lock | None = None
 
@@ -190,6 +205,7 @@ class RunRegistry:
     def register(self, key: SessionKey, route: Route) -> RunEntry:
         entry = RunEntry(registry=self, key=key, route=route)
         self._by_key.setdefault(key, {})[entry.run_id] = entry
+        self._idle.clear()
         self.backend.announce(entry.info())
         return entry
 
@@ -197,7 +213,17 @@ class RunRegistry:
         runs = self._by_key.get(entry.key)
         if runs is not None and runs.pop(entry.run_id, None) is not None and not runs:
             del self._by_key[entry.key]
+        if not self._by_key:
+            self._idle.set()
         self.backend.withdraw(entry.info())
+
+    def keys_here(self) -> list[SessionKey]:
+        """The sessions this process holds runs of."""
+        return list(self._by_key)
+
+    async def wait_idle(self) -> None:
+        """Until this process holds no run."""
+        await self._idle.wait()
 
     def _rekey(self, entry: RunEntry, key: SessionKey) -> None:
         if key == entry.key:
@@ -209,14 +235,19 @@ class RunRegistry:
         entry.key = key
         self._by_key.setdefault(key, {})[entry.run_id] = entry
 
-    async def runs_everywhere(self, key: SessionKey) -> list[RunInfo]:
-        """The session's runs on every process; raises BackendUnavailable if other
-        processes can't be reached."""
+    async def runs_everywhere(
+        self, key: SessionKey
+    ) -> tuple[list[RunInfo], BackendUnavailable | None]:
+        """The session's runs on every process. When other processes can't be reached, this
+        process's runs, and the backend's error beside them."""
         await self.start()
         local = self.runs_here(key)
-        remote = await self.backend.list_remote(key)
+        try:
+            remote = await self.backend.list_remote(key)
+        except BackendUnavailable as exc:
+            return local, exc
         seen = {r.run_id for r in local}
-        return local + [r for r in remote if r.run_id not in seen]
+        return local + [r for r in remote if r.run_id not in seen], None
 
     async def cancel_everywhere(
         self, order: CancelOrder

@@ -1,10 +1,13 @@
-"""Answer the function calls that a forced cancel left without a response.
+"""Make sure a cancelled invocation left no function call without a response.
 
-A cooperative abort lets ADK seal the invocation itself. A forced task cancel does not, and
-ADK never seals live runs; a function call without a response then makes the next turn fail
-on models that reject unanswered calls (Gemini does). The events written here have ADK's own
-seal shape (``error_code="INVOCATION_ABORTED"``) so ADK's resume and routing logic read them
-as a seal.
+A cooperative abort lets ADK seal the invocation itself, but that seal is a write like any
+other: on a database session service it can fail with ``StaleSessionError`` (another writer
+touched the session, or a cancelled commit left ADK's session object behind the store), and
+ADK then only logs it. A forced task cancel does not seal at all, and ADK never seals live
+runs. So after every cancelled run the stored session is read back and each call still
+unanswered gets an error response, in ADK's own seal shape (``error_code=
+"INVOCATION_ABORTED"``) so ADK's resume and routing logic read it as a seal. A write that
+fails is retried with a freshly read session, a bounded number of times.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import logging
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
+import anyio
 from google.adk.events.event import Event
 from google.genai import types
 
@@ -24,38 +28,36 @@ if TYPE_CHECKING:
 logger = logging.getLogger("adk_cancel")
 
 ABORTED_CODE = "INVOCATION_ABORTED"
+RETRY_DELAYS_S = (0.0, 0.02, 0.05, 0.1, 0.2, 0.4)
+"""Pauses before each read-and-repair attempt: a stale write usually succeeds at once on a
+fresh read; the later pauses let a concurrent writer on the same session finish."""
+
+
+class RepairFailed(RuntimeError):
+    """The session still has unanswered function calls after every attempt to answer them."""
+
+
+_Group = tuple[str, str, str | None]
+"""(invocation id, author, branch): one seal event answers a group's calls."""
 
 
 def dangling_calls(
-    events: list[Event], invocation_id: str
-) -> dict[tuple[str, str | None], list[types.FunctionCall]]:
-    """The invocation's function calls with no response, grouped by (author, branch)."""
-    own = [e for e in events if e.invocation_id == invocation_id]
+    events: list[Event], invocation_id: str | None
+) -> dict[_Group, list[types.FunctionCall]]:
+    """The function calls with no response (of one invocation, or of all), grouped."""
+    own = [e for e in events if invocation_id is None or e.invocation_id == invocation_id]
     answered = {fr.id for e in own for fr in e.get_function_responses() if fr.id}
-    grouped: dict[tuple[str, str | None], list[types.FunctionCall]] = defaultdict(list)
+    grouped: dict[_Group, list[types.FunctionCall]] = defaultdict(list)
     for event in own:
         for call in event.get_function_calls():
             if call.id and call.id not in answered:
-                grouped[(event.author, event.branch)].append(call)
+                grouped[(event.invocation_id, event.author, event.branch)].append(call)
     return grouped
 
 
-async def repair_session(
-    session_service: BaseSessionService,
-    key: SessionKey,
-    invocation_id: str,
-    reason: str,
-) -> bool:
-    """Append an error response for each unanswered call; True if anything was written."""
-    session = await session_service.get_session(
-        app_name=key.app_name, user_id=key.user_id, session_id=key.session_id
-    )
-    if session is None:
-        return False
-    grouped = dangling_calls(session.events, invocation_id)
-    message = f"Run cancelled by adk-cancel: {reason}"
-    for (author, branch), calls in grouped.items():
-        event = Event(
+def _seal_events(grouped: dict[_Group, list[types.FunctionCall]], message: str) -> list[Event]:
+    return [
+        Event(
             invocation_id=invocation_id,
             author=author,
             branch=branch,
@@ -73,23 +75,53 @@ async def repair_session(
                 ],
             ),
         )
-        await session_service.append_event(session, event)
-    if grouped:
-        logger.info(
-            "Repaired session %s: answered %d function call(s) of invocation %s",
-            key.session_id,
-            sum(len(c) for c in grouped.values()),
-            invocation_id,
-        )
-    return bool(grouped)
+        for (invocation_id, author, branch), calls in grouped.items()
+    ]
 
 
-async def invocation_events(
-    session_service: BaseSessionService, key: SessionKey, invocation_id: str
-) -> list[Event]:
-    session = await session_service.get_session(
-        app_name=key.app_name, user_id=key.user_id, session_id=key.session_id
-    )
-    if session is None:
-        return []
-    return [e for e in session.events if e.invocation_id == invocation_id]
+async def repair_session(
+    session_service: BaseSessionService,
+    key: SessionKey,
+    invocation_id: str | None,
+    reason: str,
+) -> bool:
+    """Read the session back until it has no unanswered function call (of
+    ``invocation_id``, or of any invocation when it is None), answering each one found with
+    an ``INVOCATION_ABORTED`` error response; True if anything was written.
+
+    adk-cancel does this after every cancelled run. Call it yourself on the sessions of a
+    worker that died mid-run (SIGKILL, OOM): nobody sealed those. Raises ``RepairFailed``
+    (with the store's last error as its cause) when the store keeps refusing the write.
+    """
+    message = f"Run cancelled by adk-cancel: {reason}"
+    wrote = 0
+    last_error: Exception | None = None
+    for delay in RETRY_DELAYS_S:
+        await anyio.sleep(delay)
+        try:
+            session = await session_service.get_session(
+                app_name=key.app_name, user_id=key.user_id, session_id=key.session_id
+            )
+            if session is None:
+                return wrote > 0  # deleted meanwhile: nothing left to keep well-formed
+            grouped = dangling_calls(session.events, invocation_id)
+            if not grouped:
+                if wrote:
+                    logger.info(
+                        "Repaired session %s: answered %d function call(s) of invocation %s",
+                        key.session_id,
+                        wrote,
+                        invocation_id or "(any)",
+                    )
+                return wrote > 0
+            for event in _seal_events(grouped, message):
+                await session_service.append_event(session, event)
+                wrote += len(event.get_function_responses())
+        except Exception as exc:
+            # StaleSessionError and its kind: read the session afresh and try again.
+            last_error = exc
+            logger.debug("Repair of session %s failed; retrying", key.session_id, exc_info=True)
+    raise RepairFailed(
+        f"Session {key.session_id!r} still has unanswered function calls after "
+        f"{len(RETRY_DELAYS_S)} attempts to answer them"
+    ) from last_error

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, FastAPI, HTTPException
+from fastapi import APIRouter, Body, FastAPI, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ._models import CancelRequest, CancelResponse, RunsResponse, SessionKey
 from ._order import CancelOrder
@@ -16,10 +20,15 @@ SESSION_PATH = "/apps/{app_name}/users/{user_id}/sessions/{session_id}"
 CANCEL_PATH = SESSION_PATH + ":cancel"
 RUNS_PATH = SESSION_PATH + "/runs"
 DEFAULT_REASON = "cancelled by request"
+ECHO_CHARS = 80
+"""How much of a rejected input value a 422 answer repeats."""
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "No worker holds an active run for this session."},
-    422: {"description": "The body is not a valid CancelRequest."},
+    422: {
+        "description": "The body is not a valid CancelRequest: not JSON, not UTF-8, nested "
+        "too deep, or a field out of range. Each error names the field (`loc`) and why."
+    },
     503: {"description": "The cancel backend (e.g. Redis) is unreachable."},
 }
 
@@ -34,8 +43,8 @@ def _no_run(key: SessionKey) -> HTTPException:
 
 def _unreachable(exc: BackendUnavailable) -> str:
     return (
-        f"Other server workers could not be reached: {exc}. Runs held by this worker were "
-        "handled; retry once the cancel backend is back."
+        f"Other server workers could not be reached: {exc}. Only this worker's runs are in "
+        "this answer; retry once the cancel backend is back."
     )
 
 
@@ -43,8 +52,59 @@ def _unavailable(exc: BackendUnavailable) -> HTTPException:
     return HTTPException(status_code=503, detail=_unreachable(exc))
 
 
+def _echo(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= ECHO_CHARS else text[: ECHO_CHARS - 3] + "..."
+
+
+def _invalid(errors: list[dict[str, Any]]) -> JSONResponse:
+    # FastAPI's own 422 repeats each input whole, and cannot render some at all (NaN, a lone
+    # surrogate): a 500 in place of the 422. Repeat a short, always-renderable repr instead.
+    detail = [
+        {
+            "loc": [str(part) for part in error.get("loc", ())],
+            "msg": str(error.get("msg", "invalid")),
+            "type": str(error.get("type", "value_error")),
+            **({"input": _echo(error["input"])} if "input" in error else {}),
+        }
+        for error in errors
+    ]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+class _Route(APIRoute):
+    """Our routes answer every malformed body with a 422 that can always be rendered."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def guarded(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError as exc:
+                return _invalid(list(exc.errors()))
+            except StarletteHTTPException as exc:
+                if exc.status_code != 400:
+                    raise
+                # FastAPI's "There was an error parsing the body": not UTF-8, nested too
+                # deep for the JSON parser. The same kind of error as bad JSON: a 422.
+                return _invalid(
+                    [
+                        {
+                            "loc": ["body"],
+                            "msg": "The body is not a JSON document this server can read "
+                            "(not UTF-8, or nested too deep): send a JSON object such as "
+                            '{"reason": "user pressed stop"}',
+                            "type": "json_invalid",
+                        }
+                    ]
+                )
+
+        return guarded
+
+
 def build_router(registry: RunRegistry) -> APIRouter:
-    router = APIRouter(tags=["adk-cancel"])
+    router = APIRouter(tags=["adk-cancel"], route_class=_Route)
 
     @router.post(
         CANCEL_PATH,
@@ -91,11 +151,17 @@ def build_router(registry: RunRegistry) -> APIRouter:
     )
     async def list_session_runs(app_name: str, user_id: str, session_id: str) -> RunsResponse:
         key = SessionKey(app_name, user_id, session_id)
-        try:
-            runs = await registry.runs_everywhere(key)
-        except BackendUnavailable as exc:
-            raise _unavailable(exc) from exc
-        return RunsResponse(app_name=app_name, user_id=user_id, session_id=session_id, runs=runs)
+        runs, error = await registry.runs_everywhere(key)
+        if error is not None and not runs:
+            # Nothing known here, and the other workers can't be asked: not "no runs".
+            raise _unavailable(error)
+        return RunsResponse(
+            app_name=app_name,
+            user_id=user_id,
+            session_id=session_id,
+            runs=runs,
+            unreachable=None if error is None else _unreachable(error),
+        )
 
     return router
 

@@ -11,7 +11,7 @@ from typing import Any
 import click
 import httpx
 
-from ._options import DEFAULT_GRACE_S, CancelOptions
+from ._options import DEFAULT_GRACE_S, DEFAULT_SHUTDOWN_GRACE_S, CancelOptions
 
 
 @click.group(context_settings={"max_content_width": 120})
@@ -36,6 +36,13 @@ _CANCEL_OPTIONS = [
         help="Seconds a cooperative abort may take before the run's task is cancelled.",
     ),
     click.Option(
+        ["--shutdown_grace_s"],
+        type=click.FloatRange(min=0),
+        default=DEFAULT_SHUTDOWN_GRACE_S,
+        show_default=True,
+        help="On SIGINT/SIGTERM, seconds active runs may go on before they are cancelled.",
+    ),
+    click.Option(
         ["--chat/--no_chat"],
         default=True,
         show_default=True,
@@ -51,6 +58,7 @@ def _wrap_adk_command(name: str, adk_command: click.Command) -> click.Command:
         settings = CancelOptions(
             cancel_backend=kwargs.pop("cancel_backend"),
             cancel_grace_s=kwargs.pop("cancel_grace_s"),
+            shutdown_grace_s=kwargs.pop("shutdown_grace_s"),
             chat=kwargs.pop("chat"),
         )
         assert adk_command.callback is not None

@@ -8,16 +8,21 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from google.adk.cli.service_registry import get_service_registry
-from google.adk.sessions import InMemorySessionService
+from google.adk.errors import StaleSessionError
+from google.adk.sessions import BaseSessionService, InMemorySessionService
+from google.adk.sessions.sqlite_session_service import SqliteSessionService
 from starlette.websockets import WebSocketDisconnect
-from support import build_app, run_body, session_path, wait_until
+from support import TEST_AGENTS, build_app, memory_services, run_body, session_path, wait_until
 
-from adk_cancel import WS_CLOSE_CANCELLED
+import adk_cancel
+from adk_cancel import WS_CLOSE_CANCELLED, CancelOrder
+from adk_cancel.testing import unanswered_calls
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -237,7 +242,7 @@ def test_wait_false_answers_202_before_the_run_ends(
 
 
 @contextmanager
-def client_on(service: InMemorySessionService) -> Iterator[TestClient]:
+def client_on(service: BaseSessionService) -> Iterator[TestClient]:
     """A client of the sample app whose sessions live in ``service``: ADK builds session
     services from URIs, so it is registered under a scheme of its own."""
     scheme = type(service).__name__.strip("_").lower()
@@ -325,3 +330,158 @@ def test_cancel_before_the_agent_starts_means_it_never_starts(
         assert not [o for o in observed if o.get("session_id") == sid]
         assert active_runs(client, sid) == []
         assert_follow_up_works(client, sid)
+
+
+def test_a_cancel_after_the_answer_is_complete_reports_finished(
+    app: Any, observed: list[dict[str, Any]]
+) -> None:
+    """The run's answer is complete; a cancel lands before the run has left the registry
+    (forced deterministically: the cancel is sent from inside the last send). It must not
+    abort anything, and says the run finished."""
+    registry: adk_cancel.RunRegistry = app.state.adk_cancel
+    late: dict[str, Any] = {}
+
+    async def outer(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != "/run":
+            await app(scope, receive, send)
+            return
+
+        async def spy(message: Any) -> None:
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                order = CancelOrder(late["key"], "too late", timeout_s=5)
+                late["task"] = asyncio.ensure_future(registry.cancel_here(order))
+                await asyncio.sleep(0)  # the cancel reaches the run now
+
+        await app(scope, receive, spy)
+        late["outcome"] = await late["task"]
+
+    with TestClient(outer) as client:
+        sid = new_session(client)
+        late["key"] = adk_cancel.SessionKey("slow_agent", "u", sid)
+        response = client.post("/run", json=run_body(sid, "quick"))
+        assert response.status_code == 200 and "x-adk-cancel" not in response.headers
+        assert response.json()[-1]["content"]["parts"][0]["text"] == "Here is a quick answer."
+        [run] = late["outcome"]
+        assert (run.stopped, run.stopped_by, run.stop_ms) == (True, "finished", None)
+        events = client.get(session_path(sid)).json()["events"]
+        assert not [e for e in events if e.get("errorCode")], "nothing was aborted or sealed"
+
+
+@pytest.mark.parametrize("route", ["/run", "/run_sse"])
+def test_input_adk_rejects_is_rejected_the_same_way(client: TestClient, route: str) -> None:
+    from google.adk.cli.fast_api import get_fast_api_app
+
+    plain = TestClient(get_fast_api_app(agents_dir=str(TEST_AGENTS), **memory_services()))
+    bodies = [b"[" * 2000 + b"]" * 2000, b"{not json", b"[]", b'{"appName": "slow_agent"}']
+    for body in bodies:
+        headers = {"content-type": "application/json"}
+        ours = client.post(route, content=body, headers=headers)
+        theirs = plain.post(route, content=body, headers=headers)
+        assert (ours.status_code, ours.json()) == (theirs.status_code, theirs.json()), body[:20]
+        assert 400 <= ours.status_code < 500
+
+
+def test_ids_that_are_not_unicode_text_get_422_and_start_nothing(
+    app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry: adk_cancel.RunRegistry = app.state.adk_cancel
+    announced: list[Any] = []
+    monkeypatch.setattr(registry.backend, "announce", announced.append)
+    with TestClient(app) as client:
+        for route in ("/run", "/run_sse"):
+            # json.dumps writes the lone surrogate as the escape \ud800, as a client would.
+            body = json.dumps(run_body("\ud800x", "quick")).encode()
+            response = client.post(
+                route, content=body, headers={"content-type": "application/json"}
+            )
+            assert response.status_code == 422, response.text
+            assert "lone surrogate" in response.json()["detail"]
+    assert announced == [] and registry.keys_here() == []
+
+
+def test_a_run_that_fails_before_answering_gets_its_error_as_json(app: Any) -> None:
+    with TestClient(app, raise_server_exceptions=False) as client:
+        sid = new_session(client, "failing_agent")
+        response = client.post("/run", json=run_body(sid, "hi", app="failing_agent"))
+        assert response.status_code == 500
+        assert response.json() == {
+            "detail": "LookupError: model 'mlx/nope' is not prepared: run adk-cancel models prepare"
+        }
+        # /run_sse tells it in its stream, ADK's way; both name the cause.
+        streamed = client.post("/run_sse", json=run_body(sid, "hi", app="failing_agent"))
+        assert "LookupError: model 'mlx/nope' is not prepared" in streamed.text
+        assert active_runs(client, sid, "failing_agent") == []
+
+
+class _FlakySqlite(SqliteSessionService):
+    """A real SQLite session store whose seal writes (ADK's or adk-cancel's) fail the way a
+    concurrent writer makes them fail: ``StaleSessionError``."""
+
+    def __init__(self, db_path: str) -> None:
+        super().__init__(db_path=db_path)
+        self.seal_failures_left = 0
+
+    async def append_event(self, session: Any, event: Any) -> Any:
+        if self.seal_failures_left and event.error_code == "INVOCATION_ABORTED":
+            self.seal_failures_left -= 1
+            raise StaleSessionError("The session has been modified by another writer.")
+        return await super().append_event(session, event)
+
+
+def stored_unanswered(db_path: str, sid: str, app: str = "slow_agent") -> list[Any]:
+    """Read the session from the SQLite file with a fresh store: what the next worker sees."""
+
+    async def read() -> list[Any]:
+        store = SqliteSessionService(db_path=db_path)
+        session = await store.get_session(app_name=app, user_id="u", session_id=sid)
+        assert session is not None
+        return unanswered_calls(session.events)
+
+    return asyncio.run(read())
+
+
+def test_run_sse_whose_seal_write_goes_stale_is_repaired(
+    tmp_path: Path, observed: list[dict[str, Any]]
+) -> None:
+    db = str(tmp_path / "sessions.db")
+    service = _FlakySqlite(db)
+    with client_on(service) as client:
+        sid = new_session(client)
+        thread, result = start_in_thread(
+            lambda: client.post("/run_sse", json=run_body(sid, "tool 30", streaming=True))
+        )
+        wait_for_tool(observed, sid)
+        service.seal_failures_left = 1  # ADK's seal fails inside its SSE generator
+        answer = client.post(session_path(sid) + ":cancel")
+        assert answer.status_code == 200, answer.text
+        [run] = answer.json()["runs"]
+        assert (run["stopped_by"], run["repaired"]) == ("error", True)
+        thread.join(5)
+        body = result["response"].text
+        assert '"error"' not in body.split("event: cancelled")[0].split("data: ")[-1]
+        assert body.rstrip().splitlines()[-2] == "event: cancelled"
+        assert '"stoppedBy": "error"' in body
+    assert stored_unanswered(db, sid) == []
+
+
+def test_live_repair_that_goes_stale_is_retried(
+    tmp_path: Path, observed: list[dict[str, Any]]
+) -> None:
+    db = str(tmp_path / "sessions.db")
+    service = _FlakySqlite(db)
+    with client_on(service) as client:
+        sid = new_session(client)
+        url = f"/run_live?app_name=slow_agent&user_id=u&session_id={sid}&modalities=TEXT"
+        with client.websocket_connect(url) as ws:
+            ws.send_text(json.dumps({"content": {"role": "user", "parts": [{"text": "tool 30"}]}}))
+            wait_for_tool(observed, sid)
+            service.seal_failures_left = 2  # adk-cancel's own repair write, twice
+            answer = client.post(session_path(sid) + ":cancel")
+            [run] = answer.json()["runs"]
+            assert (run["stopped_by"], run["repaired"]) == ("force", True)
+            with pytest.raises(WebSocketDisconnect):
+                while True:
+                    ws.receive_text()
+        assert service.seal_failures_left == 0
+    assert stored_unanswered(db, sid) == []

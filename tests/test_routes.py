@@ -92,3 +92,32 @@ def test_openapi_documents_the_routes(client: TestClient) -> None:
     cancel = paths["/apps/{app_name}/users/{user_id}/sessions/{session_id}:cancel"]["post"]
     assert {"200", "202", "404", "422", "503"} <= set(cancel["responses"])
     assert "/apps/{app_name}/users/{user_id}/sessions/{session_id}/runs" in paths
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b'{"timeout_s": NaN}', "timeout_s"),
+        (b'{"timeout_s": Infinity}', "timeout_s"),
+        (b'{"timeout_s": 1e400}', "timeout_s"),
+        (b'{"reason": "\\ud800"}', "reason"),
+        (b'{"invocation_id": "x\\udfff"}', "invocation_id"),
+        (b'{"reason": "' + b"x" * 1_000_000 + b'"}', "reason"),
+        (b"\xff\xfe{}", None),
+        (b"[" * 5000 + b"]" * 5000, None),
+    ],
+)
+def test_inputs_json_can_carry_but_answers_cannot_get_a_bounded_422(
+    client: TestClient, body: bytes, field: str | None
+) -> None:
+    response = client.post(
+        session_path("s") + ":cancel", content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422, response.text
+    assert len(response.content) < 1000, "the answer repeats a bounded part of the input"
+    [error] = response.json()["detail"]
+    assert error["msg"]
+    if field is not None:
+        assert error["loc"] == ["body", field]
+    else:
+        assert error["loc"][0] == "body" and error["type"] == "json_invalid"

@@ -11,13 +11,15 @@ import asyncio
 import gc
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
 import websockets
 from support import build_app, run_body, serve, session_path, wait_until
+
+from adk_cancel.testing import unanswered_calls
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -45,12 +47,35 @@ def live_url(base_url: str, sid: str) -> str:
     return f"{ws_url}/run_live?app_name=slow_agent&user_id=u&session_id={sid}&modalities=TEXT"
 
 
+@pytest.fixture
+def server_errors(caplog: pytest.LogCaptureFixture) -> Callable[[], list[str]]:
+    """What the server logged that an operator would call an error: ERROR records (uvicorn's
+    "Exception in ASGI application" among them), tracebacks, unretrieved task exceptions."""
+    caplog.set_level(logging.WARNING)
+
+    def errors() -> list[str]:
+        gc.collect()  # asyncio reports an unretrieved task exception when the task is freed
+        return [
+            r.getMessage()
+            for r in caplog.records
+            if r.levelno >= logging.ERROR or r.exc_info or "never retrieved" in r.getMessage()
+        ]
+
+    return errors
+
+
+def stored_events(base_url: str, sid: str) -> list[dict[str, Any]]:
+    return list(httpx.get(base_url + session_path(sid)).json()["events"])
+
+
 async def assert_stopped_and_usable(
     base_url: str, observed: list[dict[str, Any]], sid: str
 ) -> None:
-    """The agent saw the cancellation, no run is left, and the session takes another turn."""
+    """The agent saw the cancellation, no run is left, the stored session answers every
+    function call, and the session takes another turn."""
     await asyncio.to_thread(wait_until, lambda: tool_events(observed, sid, "tool_cancelled"), 2.0)
     await asyncio.to_thread(wait_until, lambda: runs(base_url, sid) == [], 2.0)
+    assert unanswered_calls(stored_events(base_url, sid)) == []
     follow_up = httpx.post(base_url + "/run", json=run_body(sid, "quick"), timeout=10)
     assert follow_up.status_code == 200, follow_up.text
 
@@ -88,7 +113,10 @@ async def test_sse_client_receives_final_cancelled_event(
 
 @pytest.mark.parametrize("route", ["run", "run_sse"])
 async def test_http_client_disconnect_aborts_the_run(
-    base_url: str, route: str, observed: list[dict[str, Any]]
+    base_url: str,
+    route: str,
+    observed: list[dict[str, Any]],
+    server_errors: Callable[[], list[str]],
 ) -> None:
     sid = new_session(base_url)
     async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
@@ -101,10 +129,14 @@ async def test_http_client_disconnect_aborts_the_run(
         with pytest.raises(asyncio.CancelledError):
             await request
     await assert_stopped_and_usable(base_url, observed, sid)
+    # Stopped by abort (ADK sealed it), not by ADK's instant task cancel, and quietly.
+    sealed = [e for e in stored_events(base_url, sid) if e.get("errorCode")]
+    assert [e["errorCode"] for e in sealed] == ["INVOCATION_ABORTED"]
+    assert server_errors() == []
 
 
 async def test_websocket_client_disconnect_ends_live_run(
-    base_url: str, observed: list[dict[str, Any]]
+    base_url: str, observed: list[dict[str, Any]], server_errors: Callable[[], list[str]]
 ) -> None:
     sid = new_session(base_url)
     async with websockets.connect(live_url(base_url, sid)) as ws:
@@ -113,6 +145,8 @@ async def test_websocket_client_disconnect_ends_live_run(
             await asyncio.sleep(0.01)
         assert [r["route"] for r in runs(base_url, sid)] == ["run_live"]
     await assert_stopped_and_usable(base_url, observed, sid)
+    await asyncio.sleep(0.2)  # what ADK's live tasks do after the close
+    assert server_errors() == []
 
 
 async def test_live_cancel_over_a_real_websocket(

@@ -47,7 +47,10 @@ def serve(app: Any, *, spec_version: str | None = None, timeout_s: float = 20) -
     """
     port = free_port()
     asgi = _with_spec_version(app, spec_version) if spec_version else app
-    config = uvicorn.Config(asgi, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    # log_config=None: uvicorn's records reach the root logger (and pytest's caplog).
+    config = uvicorn.Config(
+        asgi, host="127.0.0.1", port=port, log_level="warning", lifespan="on", log_config=None
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(
         target=lambda: asyncio.run(server.serve()), daemon=True, name=f"uvicorn:{port}"

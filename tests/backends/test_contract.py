@@ -399,6 +399,11 @@ def test_custom_backend_object(observed: list[dict[str, Any]]) -> None:
         observed.clear()
         thread.start()
         wait_until(lambda: any(o["event"] == "tool_started" for o in observed))
+        # Listing the session: this worker's run, and a word that others were not asked.
+        listed = client.get(session_path(sid) + "/runs")
+        assert listed.status_code == 200, listed.text
+        assert [r["worker"] for r in listed.json()["runs"]] == [registry.node_id]
+        assert "peer bus is down" in listed.json()["unreachable"]
         answer = client.post(session_path(sid) + ":cancel")
         assert answer.status_code == 200, answer.text
         assert [r["stopped_by"] for r in answer.json()["runs"]] == ["abort"]
