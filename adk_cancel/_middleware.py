@@ -429,11 +429,17 @@ class CancelMiddleware:
         entry = self.registry.register(SessionKey(app, user, session), "run_live")
         response = _Response(entry, send)
         app_done = False
-        readers: set[asyncio.Task[Any]] = set()
+        # ADK's live handler reads and sends from tasks of its own, which it leaves behind
+        # when it is cancelled: the tasks that touch the socket, and the run's producer, are
+        # the ones to end afterwards.
+        handler_tasks: set[asyncio.Task[Any]] = set()
+
+        def note_task() -> None:
+            if (task := asyncio.current_task()) is not None:
+                handler_tasks.add(task)
 
         async def watch_receive() -> Message:
-            if (task := asyncio.current_task()) is not None:
-                readers.add(task)
+            note_task()
             message = await receive()
             if message["type"] == "websocket.disconnect":
                 entry.disconnected = True
@@ -441,11 +447,15 @@ class CancelMiddleware:
                     entry.request_cancel("client disconnected")
             return message
 
-        await self._run(entry, "run_live", lambda: self.app(scope, watch_receive, response.send))
+        async def watch_send(message: Message) -> None:
+            note_task()
+            await response.send(message)
+
+        await self._run(entry, "run_live", lambda: self.app(scope, watch_receive, watch_send))
         app_done = True
         try:
             producer = {entry.producer} if entry.producer is not None else set()
-            await _end_tasks(readers | producer)
+            await _end_tasks(handler_tasks | producer)
             await self._after(entry)
             if entry.cancel_reason is not None:
                 await response.finish_ws()

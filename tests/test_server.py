@@ -35,7 +35,11 @@ def new_session(url: str) -> str:
 
 
 def runs(url: str, sid: str) -> list[dict[str, Any]]:
-    return list(httpx.get(url + session_path(sid) + "/runs").json()["runs"])
+    return runs_of(url, sid)
+
+
+def runs_of(url: str, sid: str, app: str = "slow_agent") -> list[dict[str, Any]]:
+    return list(httpx.get(url + session_path(sid, app) + "/runs").json()["runs"])
 
 
 def tool_events(observed: list[dict[str, Any]], sid: str, kind: str) -> list[dict[str, Any]]:
@@ -169,5 +173,51 @@ async def test_live_cancel_over_a_real_websocket(
     # ADK's cancelled live handler leaves its socket reader behind; adk-cancel must end it
     # before closing, or it dies unretrieved on the close (asyncio logs that at collection).
     await asyncio.sleep(0.2)
+    gc.collect()
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+
+
+async def test_live_client_dropping_mid_stream_leaves_no_unretrieved_task(
+    base_url: str, server_errors: Callable[[], list[str]]
+) -> None:
+    """ADK's live event forwarder fails its next send once the client is gone; nobody but
+    adk-cancel is left to read that failure."""
+    for _ in range(5):
+        sid = new_session(base_url)
+        async with websockets.connect(live_url(base_url, sid)) as ws:
+            await ws.send(json.dumps({"content": {"role": "user", "parts": [{"text": "hi"}]}}))
+            await asyncio.wait_for(ws.recv(), 5)  # the first streamed word: now drop
+        await asyncio.to_thread(wait_until, lambda s=sid: runs(base_url, s) == [], 3.0)
+    await asyncio.sleep(0.3)
+    assert server_errors() == []
+
+
+@pytest.mark.parametrize("how", ["cancel", "drop", "close"])
+async def test_live_tasks_adk_leaves_behind_are_ended_and_read(
+    base_url: str, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ADK's live handler never awaits its forwarder task; when the run's model connection
+    fails as it is torn down, that failure must not be left for the garbage collector to
+    report ("Task exception was never retrieved")."""
+    caplog.set_level(logging.ERROR, logger="asyncio")
+    app = "faulty_live_agent"
+    sid = str(httpx.post(f"{base_url}/apps/{app}/users/u/sessions", json={}).json()["id"])
+    ws_url = live_url(base_url, sid).replace("app_name=slow_agent", f"app_name={app}")
+    ws = await websockets.connect(ws_url)
+    await ws.send(json.dumps({"content": {"role": "user", "parts": [{"text": "hi"}]}}))
+    await asyncio.wait_for(ws.recv(), 5)
+    if how == "cancel":
+        async with httpx.AsyncClient(base_url=base_url) as client:
+            answer = await client.post(session_path(sid, app) + ":cancel")
+        assert answer.status_code == 200, answer.text
+        with pytest.raises(websockets.ConnectionClosed):
+            while True:
+                await asyncio.wait_for(ws.recv(), 3)
+    elif how == "drop":
+        ws.transport.abort()
+    else:
+        await ws.close()
+    await asyncio.to_thread(wait_until, lambda: runs_of(base_url, sid, app) == [], 3.0)
+    await asyncio.sleep(0.3)
     gc.collect()
     assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
