@@ -14,6 +14,7 @@ from ._options import CancelOptions
 from ._registry import RunRegistry
 from ._routes import add_routes_first, build_router
 from ._shutdown import GracefulShutdown, drain, run_app_shutdown_hooks
+from ._writes import session_writes
 
 PLUGIN_PATH = "adk_cancel.CANCEL_PLUGIN"
 """Dotted path of the plugin instance, for ADK's ``extra_plugins``."""
@@ -54,6 +55,9 @@ def _install(app: FastAPI, settings: CancelOptions) -> RunRegistry:
     server = _find_web_server(app)
     default_app = os.environ.get("ADK_DEFAULT_APP_NAME")
     if server is not None:
+        if getattr(server, "session_service", None) is not None:
+            # Before any run writes: the first write of the first run counts too.
+            session_writes(server.session_service)
         if PLUGIN_PATH not in server.extra_plugins:
             server.extra_plugins.append(PLUGIN_PATH)
             server.runners_to_clean.update(server.runner_dict)

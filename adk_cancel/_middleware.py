@@ -83,6 +83,9 @@ REASON_HEADER = b"x-adk-cancel-reason"
 
 FORCE_RETRY_S = 0.05
 DRAIN_S = 1.0
+MAX_WRITE_WAIT_S = 10.0
+"""How long a force holds off for session writes (a store that hangs must not keep a run
+going for ever)."""
 
 _HTTP_ROUTES: dict[str, Route] = {"/run": "run", "/run_sse": "run_sse"}
 _ADK_ERROR_CHUNK = b'data: {"error": '
@@ -532,7 +535,13 @@ class CancelMiddleware:
                 self.registry.grace_s,
             )
         entry.forced = True
+        forced_at = time.monotonic()
         while True:
+            if entry.writing() and time.monotonic() - forced_at < MAX_WRITE_WAIT_S:
+                # A session write is in flight or waiting (ADK's seal, often): cancelling now
+                # would cancel the waiting write. Next round.
+                await anyio.sleep(FORCE_RETRY_S)
+                continue
             producer = entry.producer
             if producer is not None and not producer.done():
                 producer.cancel()
@@ -558,10 +567,15 @@ class CancelMiddleware:
             # A forced /run task may still be unwinding; don't repair under its feet.
             with anyio.move_on_after(DRAIN_S):
                 while not producer.done():
-                    producer.cancel()
+                    if not entry.writing():
+                        producer.cancel()
                     await asyncio.wait([producer], timeout=FORCE_RETRY_S)
         if entry.session_service is None or not entry.invocation_id:
             return
+        if entry.writes is not None:
+            # A write the cancel interrupted still ends (see _writes.py): read after it.
+            with anyio.move_on_after(DRAIN_S):
+                await entry.writes.settled(entry.key.session_id)
         try:
             entry.repaired = await repair_session(
                 entry.session_service, entry.key, entry.invocation_id, entry.cancel_reason

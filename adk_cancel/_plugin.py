@@ -33,14 +33,18 @@ class CancelPlugin(BasePlugin):
     def __init__(self, name: str = PLUGIN_NAME) -> None:
         super().__init__(name=name)
 
+    async def on_user_message_callback(
+        self, *, invocation_context: InvocationContext, user_message: types.Content
+    ) -> types.Content | None:
+        # ADK 2.13 writes the user's message to the session before before_run_callback: a
+        # cancel that lands during that write must already find the run abortable.
+        _attach(invocation_context)
+        return None
+
     async def before_run_callback(
         self, *, invocation_context: InvocationContext
     ) -> types.Content | None:
-        entry = current_run.get()
-        # Nested runners (AgentTool) call this again inside the same run: keep the first,
-        # outermost invocation, which is the one a cancel must abort.
-        if entry is not None and entry.invocation_context is None:
-            entry.attach(invocation_context, asyncio.current_task())
+        _attach(invocation_context)  # a run without a new message starts here
         return None
 
     async def before_model_callback(
@@ -51,6 +55,14 @@ class CancelPlugin(BasePlugin):
         # ADK gets round to cancelling its task.
         bind_abort_source(callback_context)
         return None
+
+
+def _attach(invocation_context: InvocationContext) -> None:
+    entry = current_run.get()
+    # Nested runners (AgentTool) call this again inside the same run: keep the first,
+    # outermost invocation, which is the one a cancel must abort.
+    if entry is not None and entry.invocation_context is None:
+        entry.attach(invocation_context, asyncio.current_task())
 
 
 CANCEL_PLUGIN = CancelPlugin()

@@ -17,6 +17,7 @@ import anyio
 from ._models import CancelledRun, Route, RunInfo, SessionKey, StoppedBy
 from ._options import CancelOptions
 from ._order import CancelOrder
+from ._writes import SessionWrites, session_writes
 from .backends import BackendUnavailable, CancelBackend, backend_from_url
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ class RunEntry:
     invocation_context: InvocationContext | None = None
     producer: asyncio.Task[object] | None = None
     session_service: BaseSessionService | None = None
+    writes: SessionWrites | None = None
     cancel_reason: str | None = None
     cancel_mono: float | None = None
     forced: bool = False
@@ -68,6 +70,7 @@ class RunEntry:
         self.invocation_id = ic.invocation_id
         self.producer = producer
         self.session_service = ic.session_service
+        self.writes = session_writes(ic.session_service)
         session = ic.session
         self.registry._rekey(self, SessionKey(session.app_name, session.user_id, session.id))
         if self.cancel_reason is not None:
@@ -92,6 +95,11 @@ class RunEntry:
             self.invocation_context.abort()
         self.cancel_requested.set()
         self.registry.backend.announce(self.info())
+
+    def writing(self) -> bool:
+        """Whether the run's session has a write in flight or waiting: not a moment to
+        cancel its task (see _writes.py)."""
+        return self.writes is not None and self.writes.pending(self.key.session_id)
 
     def stop_kind(self) -> StoppedBy:
         """How the cancelled run is ending, as far as known now."""

@@ -242,12 +242,12 @@ def test_wait_false_answers_202_before_the_run_ends(
 
 
 @contextmanager
-def client_on(service: BaseSessionService) -> Iterator[TestClient]:
+def client_on(service: BaseSessionService, **options: Any) -> Iterator[TestClient]:
     """A client of the sample app whose sessions live in ``service``: ADK builds session
     services from URIs, so it is registered under a scheme of its own."""
     scheme = type(service).__name__.strip("_").lower()
     get_service_registry().register_session_service(scheme, lambda uri, **kw: service)
-    with TestClient(build_app(session_service_uri=f"{scheme}://")) as client:
+    with TestClient(build_app(session_service_uri=f"{scheme}://", **options)) as client:
         yield client
 
 
@@ -485,3 +485,57 @@ def test_live_repair_that_goes_stale_is_retried(
                     ws.receive_text()
         assert service.seal_failures_left == 0
     assert stored_unanswered(db, sid) == []
+
+
+class _SlowToWrite(SqliteSessionService):
+    """Writes the user's message only once the test lets it (as a store waits for a lock that
+    another writer holds): a cancel that lands meanwhile must not cut the write in half."""
+
+    def __init__(self, db_path: str) -> None:
+        super().__init__(db_path=db_path)
+        self.hold = threading.Event()
+        self.held = threading.Event()
+        self.release = threading.Event()
+
+    async def append_event(self, session: Any, event: Any) -> Any:
+        if self.hold.is_set() and event.author == "user":
+            self.held.set()
+            await asyncio.to_thread(self.release.wait, 10)
+        return await super().append_event(session, event)
+
+
+def test_a_forced_cancel_during_a_session_write_lets_the_write_finish(tmp_path: Path) -> None:
+    """The store keeps the user's message waiting past the grace period, so the cancel is
+    forced while that write is in flight. The write ends anyway: the message is stored, and
+    ADK's own seal (the next write of the same session) is not stale."""
+    db = str(tmp_path / "sessions.db")
+    service = _SlowToWrite(db)
+    with client_on(service, cancel_grace_s=0.2) as client:
+        sid = new_session(client)
+        service.hold.set()
+        thread, result = start_in_thread(
+            lambda: client.post("/run", json=run_body(sid, "tool 30 please"))
+        )
+        assert service.held.wait(10)
+        canceller, cancelled = start_in_thread(lambda: client.post(session_path(sid) + ":cancel"))
+        time.sleep(0.6)  # past the grace period: the force is due, the write still held
+        service.release.set()
+        thread.join(10)
+        canceller.join(10)
+        assert result["response"].status_code == 200
+        [run] = cancelled["response"].json()["runs"]
+        assert run["stopped_by"] == "force" and run["stop_ms"] >= 600
+        assert active_runs(client, sid) == []
+
+    async def stored() -> list[Any]:
+        session = await SqliteSessionService(db_path=db).get_session(
+            app_name="slow_agent", user_id="u", session_id=sid
+        )
+        assert session is not None
+        return list(session.events)
+
+    events = asyncio.run(stored())
+    texts = [p.text for e in events if e.content for p in e.content.parts or [] if p.text]
+    assert "tool 30 please" in texts, "the user's message was lost"
+    assert [e.error_code for e in events if e.error_code] == ["INVOCATION_ABORTED"]
+    assert unanswered_calls(events) == []
