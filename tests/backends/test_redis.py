@@ -13,7 +13,9 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
 
 from adk_cancel import CancelOrder, SessionKey
@@ -322,16 +324,16 @@ async def test_garbage_in_redis_is_survived(
         await eventually(lambda: b.list_remote(KEY))
         # Anyone with access to Redis can publish: junk on A's channel is ignored.
         for junk in (b"not json", b"[1, 2]", b'{"type": "cancel"}', b'{"type": "reply"}'):
-            await raw.publish(a._channel(node_a.node_id), junk)
+            await raw.publish(a.keys.channel(node_a.node_id), junk)
         # A stray field in the session's hash is skipped, not fatal.
-        await raw.hset(b._runs_key(*KEY), "no-separator", "{}")
+        await raw.hset(b.keys.runs(KEY), "no-separator", "{}")
         [outcome] = await b.cancel_remote(CancelOrder(KEY, "r", wait=True, timeout_s=2))
         assert (outcome.run_id, outcome.stopped_by) == (run.run_id, "abort")
 
         # A key of the wrong type: Redis answers with an error; that is a 503 too, but not
         # an outage (the backend stays connected and logs no outage).
         other = KEY._replace(session_id="wrong-type")
-        await raw.set(b._runs_key(*other), "a string")
+        await raw.set(b.keys.runs(other), "a string")
         with caplog.at_level(logging.WARNING, logger=LOGGER):
             with pytest.raises(BackendUnavailable, match="answered with an error"):
                 await b.list_remote(other)
@@ -361,3 +363,84 @@ async def test_an_idle_subscription_outlives_the_op_timeout(
     assert outage_warnings(caplog) == []
     await a.disconnect()
     await b.disconnect()
+
+
+# -- cancellation -----------------------------------------------------------------------------
+
+
+async def test_waits_keep_a_cancellation_that_comes_with_their_wakeup() -> None:
+    # The backend waits on events and queues inside anyio cancel scopes. On Python 3.11,
+    # asyncio.wait_for has a flaw: when what it waits for completes in the same loop turn as
+    # the waiter is cancelled, it returns and the cancellation is lost, and a task that
+    # swallows its cancellation never stops. This construction shows the flaw, and that the
+    # scopes do not have it.
+    async def cancelled_with_wakeup(wait: Any) -> bool:
+        event = asyncio.Event()
+        task = asyncio.create_task(wait(event))
+        await asyncio.sleep(0)  # now waiting
+        event.set()
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            return True
+        return False
+
+    async def move_on(event: asyncio.Event) -> None:
+        with anyio.move_on_after(10):
+            await event.wait()
+
+    async def fail(event: asyncio.Event) -> None:
+        with anyio.fail_after(10):
+            await event.wait()
+
+    assert await cancelled_with_wakeup(move_on)
+    assert await cancelled_with_wakeup(fail)
+    if sys.version_info < (3, 12):
+        assert not await cancelled_with_wakeup(lambda e: asyncio.wait_for(e.wait(), 10))
+
+    # The writer's queue: an item put in the turn its reader is cancelled stays queued.
+    queue: asyncio.Queue[str] = asyncio.Queue()
+
+    async def get() -> None:
+        with anyio.move_on_after(10):
+            await queue.get()
+
+    task = asyncio.create_task(get())
+    await asyncio.sleep(0)
+    queue.put_nowait("announce")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert queue.get_nowait() == "announce"
+
+
+async def test_a_cancel_remote_can_be_cancelled_while_it_waits(redis_server: RedisServer) -> None:
+    a, b = pair_backends(redis_server.url)
+    node_a, node_b = SimpleNode(a), SimpleNode(b)
+    await a.connect(node_a)
+    await b.connect(node_b)
+    try:
+        stubborn = node_a.start_run(KEY, stubborn=True)
+        await eventually(lambda: b.list_remote(KEY))
+        waiting = asyncio.create_task(b.cancel_remote(CancelOrder(KEY, "r", timeout_s=30)))
+        await eventually(lambda: _async(node_a.cancel_calls))  # A got it; B waits for A
+        elapsed, error = await timed(_cancel(waiting))
+        assert isinstance(error, asyncio.CancelledError) and elapsed < 0.5
+        # B is unharmed: the next cancel gets its answer.
+        other = node_a.start_run(KEY._replace(session_id="other"))
+        await eventually(lambda: b.list_remote(KEY._replace(session_id="other")))
+        [outcome] = await b.cancel_remote(
+            CancelOrder(KEY._replace(session_id="other"), "r", timeout_s=2)
+        )
+        assert (outcome.run_id, outcome.stopped_by) == (other.run_id, "abort")
+        assert node_a.is_running(stubborn.run_id)
+    finally:
+        await node_a.close()
+        await a.disconnect()
+        await b.disconnect()
+
+
+async def _cancel(task: asyncio.Task[Any]) -> Any:
+    task.cancel()
+    return await task
