@@ -365,6 +365,84 @@ async def test_an_idle_subscription_outlives_the_op_timeout(
     await b.disconnect()
 
 
+# -- one bad item disturbs nothing else -------------------------------------------------------
+
+
+async def test_an_id_that_is_not_unicode_text_disturbs_no_other_run(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Issue #9 item 7: a lone surrogate in a session id used to fail the writer's whole batch
+    # (and every heartbeat), so other runs showed up seconds late or not at all.
+    a, b = pair_backends(redis_server.url, announce_ttl_s=0.6)
+    node_a, node_b = SimpleNode(a), SimpleNode(b)
+    odd = KEY._replace(session_id="\ud800x")
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        await a.connect(node_a)
+        await b.connect(node_b)
+        node_a.start_run(odd)
+        started = time.monotonic()
+        plain = node_a.start_run(KEY)
+        [listed] = await eventually(lambda: b.list_remote(KEY), timeout=2)
+        assert listed.run_id == plain.run_id
+        assert time.monotonic() - started < 0.5
+        # The odd id is just another id: listed and cancelled like any other.
+        [odd_listed] = await eventually(lambda: b.list_remote(odd), timeout=2)
+        assert odd_listed.session_id == "\ud800x"
+        [outcome] = await b.cancel_remote(CancelOrder(odd, "r", wait=True, timeout_s=2))
+        assert (outcome.run_id, outcome.stopped_by) == (odd_listed.run_id, "abort")
+        # Heartbeats (every 0.2 s here) keep A alive past its TTL with both runs announced.
+        node_a.start_run(odd)
+        await asyncio.sleep(1.0)
+        assert [r.run_id for r in await b.list_remote(KEY)] == [plain.run_id]
+        assert len(await b.list_remote(odd)) == 1
+        assert a.connected and b.connected
+    assert outage_warnings(caplog) == []
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    await node_a.close()
+    await a.disconnect()
+    await b.disconnect()
+
+
+async def test_a_write_redis_refuses_is_dropped_alone_and_logged_once(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    from redis.asyncio import Redis
+
+    a, b = pair_backends(redis_server.url, announce_ttl_s=0.6)
+    node_a, node_b = SimpleNode(a), SimpleNode(b)
+    blocked = KEY._replace(session_id="blocked")
+    raw = Redis.from_url(redis_server.url)
+    try:
+        await a.connect(node_a)
+        await b.connect(node_b)
+        with caplog.at_level(logging.WARNING, logger=LOGGER):
+            # Someone else's string where the session's hash goes: HSET answers WRONGTYPE.
+            await raw.set(a.keys.runs(blocked), "not a hash")
+            refused = node_a.start_run(blocked)
+            plain = node_a.start_run(KEY)  # queued with it: one batch
+            started = time.monotonic()
+            [listed] = await eventually(lambda: b.list_remote(KEY), timeout=2)
+            assert listed.run_id == plain.run_id
+            assert time.monotonic() - started < 0.5
+            # Heartbeats (every 0.2 s) retry it for a second: still one warning.
+            for _ in range(10):
+                await raw.set(a.keys.runs(blocked), "not a hash")
+                await asyncio.sleep(0.1)
+            assert a.connected and outage_warnings(caplog) == []
+            warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+            assert len(warnings) == 1, warnings
+            assert refused.run_id in warnings[0] and "WRONGTYPE" in warnings[0]
+            # Once the key is free, the next heartbeat writes the run.
+            await raw.delete(a.keys.runs(blocked))
+            [late] = await eventually(lambda: b.list_remote(blocked), timeout=2)
+            assert late.run_id == refused.run_id
+    finally:
+        await raw.aclose()
+        await node_a.close()
+        await a.disconnect()
+        await b.disconnect()
+
+
 # -- cancellation -----------------------------------------------------------------------------
 
 

@@ -8,7 +8,9 @@
 - ``{prefix}:chan:{node}``: the pub/sub channel of one process. Cancel requests for its runs
   arrive there, and so do the replies to the cancels it sent (matched by request id).
 
-Ids are percent-encoded, so no two ids give the same key (``/`` and ``:`` are encoded).
+Every id is percent-encoded from its UTF-8 bytes, lone surrogates included: a client may send
+``"\\ud800"`` in a JSON body, and Python keeps it in a ``str`` that strict UTF-8 refuses. So any
+``str`` gives a plain-ASCII key, and no two ids give the same one (``/`` and ``:`` are encoded).
 """
 
 from __future__ import annotations
@@ -20,17 +22,20 @@ from ..._models import SessionKey
 
 
 def encode(part: str) -> str:
-    """``part`` without ``/`` or ``:``."""
-    return quote(part, safe="")
+    """``part`` as ASCII that never contains ``/`` or ``:``; cannot fail for any ``str``."""
+    return quote(part.encode("utf-8", "surrogatepass"), safe="")
 
 
-def decode(part: str) -> str:
-    """The id ``encode`` made ``part`` from."""
-    return unquote(part)
+def decode(part: str) -> str | None:
+    """The id ``encode`` made ``part`` from; None when no id gives ``part`` (junk in Redis)."""
+    try:
+        return unquote(part, errors="surrogatepass")
+    except UnicodeDecodeError:
+        return None
 
 
 def show(key: SessionKey) -> str:
-    """A session for a log line."""
+    """A session for a log line: ASCII, so a log handler cannot choke on it."""
     return "/".join(encode(part) for part in key)
 
 

@@ -1,27 +1,34 @@
 """Every write to Redis: announcements, withdrawals, prunes and the heartbeat.
 
 ``announce`` and ``withdraw`` run on every run's path, so they only queue; one loop writes the
-queue in order, a pipeline per batch, and a heartbeat every TTL/3. A failed write stops the
-loop, for the link to reconnect.
+queue in order, a pipeline per batch, and a heartbeat every TTL/3. Each queued write stands
+alone: one that cannot be built or that Redis refuses (``WRONGTYPE`` on a key someone else
+wrote there) is logged once and dropped, and the rest of its batch is written. Only a round
+trip that fails (Redis unreachable, not answering) stops the loop, for the link to reconnect.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import anyio
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import RedisError
 
 from ..._models import RunInfo, SessionKey
 from .._base import LocalNode
-from ._keys import KeyLayout
+from ._keys import KeyLayout, show
 from ._wire import dump
+
+logger = logging.getLogger(__package__)
 
 Location = tuple[str, str]
 """Where a run's entry is: (hash key, field)."""
@@ -37,6 +44,15 @@ class Op:
     fields: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class _Staged:
+    """An op turned into commands, waiting for their answers."""
+
+    op: Op
+    commands: int
+    location: Location | None  # announce: where the entry now is; withdraw: None
+
+
 class Writer:
     """The write queue of one connected process, and what Redis holds of its runs."""
 
@@ -49,6 +65,8 @@ class Writer:
         """run_id -> its entry as last written, to remove what a lost withdraw left. Changed
         only once Redis has a write: one lost in an outage stays listed here, so the snapshot
         after reconnecting removes what it left behind."""
+        self._refused: set[str] = set()
+        """Runs whose refused write was logged: a heartbeat retries them, quietly."""
 
     def discard_queued(self) -> None:
         """Drop what is queued (the snapshot about to be written covers it)."""
@@ -80,44 +98,50 @@ class Writer:
             await self.write_batch(client, batch)
 
     async def write_batch(self, client: Redis, batch: Iterable[Op]) -> None:
-        staged = [(op, *self._commands(op)) for op in batch]
         async with client.pipeline(transaction=False) as pipe:
-            for _, commands, _ in staged:
-                for command in commands:
-                    pipe.execute_command(*command)
+            staged = [s for op in batch if (s := self._stage(pipe, op)) is not None]
             if not staged:
                 return
-            await pipe.execute()
-        for op, _, location in staged:
-            if op.run is None:
-                continue
-            if location is None:
-                self.published.pop(op.run.run_id, None)
-            else:
-                self.published[op.run.run_id] = location
+            results = await pipe.execute(raise_on_error=False)
+        for item, answers in _split(staged, results):
+            if (error := _first_error(answers)) is not None:
+                self._refuse(item.op, error)
+            elif item.op.run is not None:
+                run_id = item.op.run.run_id
+                if item.location is None:
+                    self.published.pop(run_id, None)
+                    self._refused.discard(run_id)
+                else:
+                    self.published[run_id] = item.location
 
     async def write_snapshot(self, client: Redis, runs: list[RunInfo]) -> None:
         """The heartbeat: the node key, and every local run as the registry has it now."""
-        published: dict[str, Location] = {}
         async with client.pipeline(transaction=False) as pipe:
             pipe.set(
                 self.keys.node(self.node_id),
                 json.dumps({"host": socket.gethostname(), "pid": os.getpid()}),
                 px=self.ttl_ms,
             )
-            for run in runs:
-                commands, location = self._commands(Op("announce", run))
-                for command in commands:
-                    pipe.execute_command(*command)
-                assert location is not None
-                published[run.run_id] = location
+            staged = [
+                s for run in runs if (s := self._stage(pipe, Op("announce", run))) is not None
+            ]
             # Entries a lost withdraw left, including a run's old key after it was re-keyed.
-            current = set(published.values())
+            current = {s.location for s in staged}
             for location in self.published.values():
                 if location not in current:
                     pipe.hdel(*location)
-            await pipe.execute()
+            results = await pipe.execute(raise_on_error=False)
+        if isinstance(results[0], Exception):
+            # Without its node key this process looks dead to the others: that is an outage.
+            raise results[0]
+        published: dict[str, Location] = {}
+        for item, answers in _split(staged, results[1:]):
+            if (error := _first_error(answers)) is not None:
+                self._refuse(item.op, error)
+            elif item.op.run is not None and item.location is not None:
+                published[item.op.run.run_id] = item.location
         self.published = published
+        self._refused &= {run.run_id for run in runs}
 
     async def forget(self, client: Redis) -> None:
         """Remove this process's node key and entries, so others stop listing it at once."""
@@ -127,6 +151,17 @@ class Writer:
                 pipe.hdel(*location)
             await pipe.execute()
         self.published.clear()
+
+    def _stage(self, pipe: Pipeline, op: Op) -> _Staged | None:
+        """Queue ``op``'s commands on ``pipe``; None (logged) if it cannot be written."""
+        try:
+            commands, location = self._commands(op)
+        except Exception as exc:  # nothing should get here; if it does, it is this op's alone
+            self._refuse(op, exc)
+            return None
+        for command in commands:
+            pipe.execute_command(*command)
+        return _Staged(op, len(commands), location)
 
     def _commands(self, op: Op) -> tuple[list[tuple[str | int, ...]], Location | None]:
         if op.kind == "prune":
@@ -141,3 +176,36 @@ class Writer:
             ("HSET", hash_key, run_field, dump(run)),
             ("PEXPIRE", hash_key, self.ttl_ms),
         ], (hash_key, run_field)
+
+    def _refuse(self, op: Op, error: BaseException) -> None:
+        run = op.run
+        if run is None:  # a prune: housekeeping that the next reader retries
+            logger.debug("adk-cancel: Redis refused a prune of %s: %s", op.hash_key, error)
+            return
+        if run.run_id in self._refused:
+            return
+        self._refused.add(run.run_id)
+        logger.warning(
+            "adk-cancel: could not write the %s of run %s of %s to Redis (%s: %s); other "
+            "workers may not list or cancel it. Other runs are not affected.",
+            "announcement" if op.kind == "announce" else "withdrawal",
+            run.run_id,
+            show(SessionKey(run.app_name, run.user_id, run.session_id)),
+            type(error).__name__,
+            error,
+            exc_info=None if isinstance(error, RedisError) else error,
+        )
+
+
+def _split(
+    staged: list[_Staged], results: Sequence[object]
+) -> Iterable[tuple[_Staged, Sequence[object]]]:
+    """Each staged op with the answers to its own commands."""
+    start = 0
+    for item in staged:
+        yield item, results[start : start + item.commands]
+        start += item.commands
+
+
+def _first_error(answers: Sequence[object]) -> BaseException | None:
+    return next((a for a in answers if isinstance(a, BaseException)), None)
