@@ -403,6 +403,31 @@ async def test_an_id_that_is_not_unicode_text_disturbs_no_other_run(
     await b.disconnect()
 
 
+async def test_bytes_that_are_not_utf8_on_a_channel_leave_it_listening(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    from redis.asyncio import Redis
+
+    a, b = pair_backends(redis_server.url, ack_timeout_s=1.0)
+    node_a, node_b = SimpleNode(a), SimpleNode(b)
+    await a.connect(node_a)
+    await b.connect(node_b)
+    raw = Redis.from_url(redis_server.url)
+    try:
+        run = node_a.start_run(KEY)
+        await eventually(lambda: b.list_remote(KEY))
+        with caplog.at_level(logging.WARNING, logger=LOGGER):
+            channel = a.keys.channel(node_a.node_id)
+            assert await raw.publish(channel, b"\xff\xfe not utf-8") == 1
+            [outcome] = await b.cancel_remote(CancelOrder(KEY, "r", wait=True, timeout_s=2))
+        assert (outcome.run_id, outcome.stopped_by) == (run.run_id, "abort")
+        assert a.connected and outage_warnings(caplog) == []
+    finally:
+        await raw.aclose()
+        await a.disconnect()
+        await b.disconnect()
+
+
 async def test_a_write_redis_refuses_is_dropped_alone_and_logged_once(
     redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -296,7 +296,7 @@ class RedisBackend:
 
     # -- pub/sub ----------------------------------------------------------------------------
 
-    def _dispatch(self, data: str) -> None:
+    def _dispatch(self, data: bytes) -> None:
         link = self._link
         if link is None:
             return

@@ -86,7 +86,7 @@ class Link:
         announce_ttl_s: float,
         op_timeout_s: float,
         reconnect_interval_s: float,
-        on_message: Callable[[str], None],
+        on_message: Callable[[bytes], None],
         on_down: Callable[[BackendUnavailable], None],
     ) -> None:
         self.url = url
@@ -140,12 +140,10 @@ class Link:
         # The subscription: no retry at all (see the module's docstring). No read timeout:
         # redis-py before 8.x applies socket_timeout to a blocking get_message (its issue
         # #4098), which would end an idle subscription every op_timeout_s; a Redis that hangs
-        # without closing the socket is noticed by the heartbeat's writes instead.
+        # without closing the socket is noticed by the heartbeat's writes instead. Bytes, not
+        # text: a message that is not UTF-8 is ignored, where decoding it would end the read.
         self._sub_client = Redis.from_url(
-            self.url,
-            decode_responses=True,
-            retry=Retry(NoBackoff(), 0),
-            **{**common, "socket_timeout": None},
+            self.url, retry=Retry(NoBackoff(), 0), **{**common, "socket_timeout": None}
         )
         self.state = State.DOWN
         try:
