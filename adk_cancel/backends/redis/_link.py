@@ -153,7 +153,7 @@ class Link:
             with anyio.CancelScope(shield=True):
                 await self._close_clients()
             raise
-        if self.state is State.IDLE:  # stop() ran meanwhile and closed the clients
+        if self.state in (State.IDLE, State.CLOSING):  # stop() ran meanwhile
             return
         self._owner = asyncio.create_task(
             self._own(pubsub), name=f"adk-cancel redis backend {self.node.node_id}"
