@@ -109,8 +109,8 @@ async def backend_hop(url: str, trials: int) -> list[float]:
     ``cancel_remote`` (wait=true) of a run that stops as soon as it is aborted."""
     from backend_helpers import SimpleNode
 
-    from adk_cancel import SessionKey
-    from adk_cancel.backends.redis import RedisBackend
+    from adk_cancel import CancelOrder, SessionKey
+    from adk_cancel.backends import RedisBackend
 
     holder = SimpleNode(RedisBackend(url, key_prefix="bench"))
     requester = SimpleNode(RedisBackend(url, key_prefix="bench"))
@@ -125,7 +125,7 @@ async def backend_hop(url: str, trials: int) -> list[float]:
                 await asyncio.sleep(0.001)
             started = time.perf_counter()
             [outcome] = await requester.backend.cancel_remote(
-                key, invocation_id=None, reason="bench", wait=True, timeout_s=5
+                CancelOrder(key, "bench", wait=True, timeout_s=5)
             )
             elapsed = (time.perf_counter() - started) * 1000
             if outcome.stopped_by != "abort":

@@ -13,7 +13,9 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
 
 from adk_cancel import CancelOrder, SessionKey
@@ -323,16 +325,16 @@ async def test_garbage_in_redis_is_survived(
         await eventually(lambda: b.list_remote(KEY))
         # Anyone with access to Redis can publish: junk on A's channel is ignored.
         for junk in (b"not json", b"[1, 2]", b'{"type": "cancel"}', b'{"type": "reply"}'):
-            await raw.publish(a._channel(node_a.node_id), junk)
+            await raw.publish(a.keys.channel(node_a.node_id), junk)
         # A stray field in the session's hash is skipped, not fatal.
-        await raw.hset(b._runs_key(*KEY), "no-separator", "{}")
+        await raw.hset(b.keys.runs(KEY), "no-separator", "{}")
         [outcome] = await b.cancel_remote(CancelOrder(KEY, "r", wait=True, timeout_s=2))
         assert (outcome.run_id, outcome.stopped_by) == (run.run_id, "abort")
 
         # A key of the wrong type: Redis answers with an error; that is a 503 too, but not
         # an outage (the backend stays connected and logs no outage).
         other = KEY._replace(session_id="wrong-type")
-        await raw.set(b._runs_key(*other), "a string")
+        await raw.set(b.keys.runs(other), "a string")
         with caplog.at_level(logging.WARNING, logger=LOGGER):
             with pytest.raises(BackendUnavailable, match="answered with an error"):
                 await b.list_remote(other)
@@ -362,3 +364,187 @@ async def test_an_idle_subscription_outlives_the_op_timeout(
     assert outage_warnings(caplog) == []
     await a.disconnect()
     await b.disconnect()
+
+
+# -- one bad item disturbs nothing else -------------------------------------------------------
+
+
+async def test_an_id_that_is_not_unicode_text_disturbs_no_other_run(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Issue #9 item 7: a lone surrogate in a session id used to fail the writer's whole batch
+    # (and every heartbeat), so other runs showed up seconds late or not at all.
+    a, b = pair_backends(redis_server.url, announce_ttl_s=0.6)
+    node_a, node_b = SimpleNode(a), SimpleNode(b)
+    odd = KEY._replace(session_id="\ud800x")
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        await a.connect(node_a)
+        await b.connect(node_b)
+        node_a.start_run(odd)
+        started = time.monotonic()
+        plain = node_a.start_run(KEY)
+        [listed] = await eventually(lambda: b.list_remote(KEY), timeout=2)
+        assert listed.run_id == plain.run_id
+        assert time.monotonic() - started < 0.5
+        # The odd id is just another id: listed and cancelled like any other.
+        [odd_listed] = await eventually(lambda: b.list_remote(odd), timeout=2)
+        assert odd_listed.session_id == "\ud800x"
+        [outcome] = await b.cancel_remote(CancelOrder(odd, "r", wait=True, timeout_s=2))
+        assert (outcome.run_id, outcome.stopped_by) == (odd_listed.run_id, "abort")
+        # Heartbeats (every 0.2 s here) keep A alive past its TTL with both runs announced.
+        node_a.start_run(odd)
+        await asyncio.sleep(1.0)
+        assert [r.run_id for r in await b.list_remote(KEY)] == [plain.run_id]
+        assert len(await b.list_remote(odd)) == 1
+        assert a.connected and b.connected
+    assert outage_warnings(caplog) == []
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    await node_a.close()
+    await a.disconnect()
+    await b.disconnect()
+
+
+async def test_bytes_that_are_not_utf8_on_a_channel_leave_it_listening(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    from redis.asyncio import Redis
+
+    a, b = pair_backends(redis_server.url, ack_timeout_s=1.0)
+    node_a, node_b = SimpleNode(a), SimpleNode(b)
+    await a.connect(node_a)
+    await b.connect(node_b)
+    raw = Redis.from_url(redis_server.url)
+    try:
+        run = node_a.start_run(KEY)
+        await eventually(lambda: b.list_remote(KEY))
+        with caplog.at_level(logging.WARNING, logger=LOGGER):
+            channel = a.keys.channel(node_a.node_id)
+            assert await raw.publish(channel, b"\xff\xfe not utf-8") == 1
+            [outcome] = await b.cancel_remote(CancelOrder(KEY, "r", wait=True, timeout_s=2))
+        assert (outcome.run_id, outcome.stopped_by) == (run.run_id, "abort")
+        assert a.connected and outage_warnings(caplog) == []
+    finally:
+        await raw.aclose()
+        await a.disconnect()
+        await b.disconnect()
+
+
+async def test_a_write_redis_refuses_is_dropped_alone_and_logged_once(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    from redis.asyncio import Redis
+
+    a, b = pair_backends(redis_server.url, announce_ttl_s=0.6)
+    node_a, node_b = SimpleNode(a), SimpleNode(b)
+    blocked = KEY._replace(session_id="blocked")
+    raw = Redis.from_url(redis_server.url)
+    try:
+        await a.connect(node_a)
+        await b.connect(node_b)
+        with caplog.at_level(logging.WARNING, logger=LOGGER):
+            # Someone else's string where the session's hash goes: HSET answers WRONGTYPE.
+            await raw.set(a.keys.runs(blocked), "not a hash")
+            refused = node_a.start_run(blocked)
+            plain = node_a.start_run(KEY)  # queued with it: one batch
+            started = time.monotonic()
+            [listed] = await eventually(lambda: b.list_remote(KEY), timeout=2)
+            assert listed.run_id == plain.run_id
+            assert time.monotonic() - started < 0.5
+            # Heartbeats (every 0.2 s) retry it for a second: still one warning.
+            for _ in range(10):
+                await raw.set(a.keys.runs(blocked), "not a hash")
+                await asyncio.sleep(0.1)
+            assert a.connected and outage_warnings(caplog) == []
+            warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+            assert len(warnings) == 1, warnings
+            assert refused.run_id in warnings[0] and "WRONGTYPE" in warnings[0]
+            # Once the key is free, the next heartbeat writes the run.
+            await raw.delete(a.keys.runs(blocked))
+            [late] = await eventually(lambda: b.list_remote(blocked), timeout=2)
+            assert late.run_id == refused.run_id
+    finally:
+        await raw.aclose()
+        await node_a.close()
+        await a.disconnect()
+        await b.disconnect()
+
+
+# -- cancellation -----------------------------------------------------------------------------
+
+
+async def test_waits_keep_a_cancellation_that_comes_with_their_wakeup() -> None:
+    # The backend waits on events and queues inside anyio cancel scopes. On Python 3.11,
+    # asyncio.wait_for has a flaw: when what it waits for completes in the same loop turn as
+    # the waiter is cancelled, it returns and the cancellation is lost, and a task that
+    # swallows its cancellation never stops. This construction shows the flaw, and that the
+    # scopes do not have it.
+    async def cancelled_with_wakeup(wait: Any) -> bool:
+        event = asyncio.Event()
+        task = asyncio.create_task(wait(event))
+        await asyncio.sleep(0)  # now waiting
+        event.set()
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            return True
+        return False
+
+    async def move_on(event: asyncio.Event) -> None:
+        with anyio.move_on_after(10):
+            await event.wait()
+
+    async def fail(event: asyncio.Event) -> None:
+        with anyio.fail_after(10):
+            await event.wait()
+
+    assert await cancelled_with_wakeup(move_on)
+    assert await cancelled_with_wakeup(fail)
+    if sys.version_info < (3, 12):
+        assert not await cancelled_with_wakeup(lambda e: asyncio.wait_for(e.wait(), 10))
+
+    # The writer's queue: an item put in the turn its reader is cancelled stays queued.
+    queue: asyncio.Queue[str] = asyncio.Queue()
+
+    async def get() -> None:
+        with anyio.move_on_after(10):
+            await queue.get()
+
+    task = asyncio.create_task(get())
+    await asyncio.sleep(0)
+    queue.put_nowait("announce")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert queue.get_nowait() == "announce"
+
+
+async def test_a_cancel_remote_can_be_cancelled_while_it_waits(redis_server: RedisServer) -> None:
+    a, b = pair_backends(redis_server.url)
+    node_a, node_b = SimpleNode(a), SimpleNode(b)
+    await a.connect(node_a)
+    await b.connect(node_b)
+    try:
+        stubborn = node_a.start_run(KEY, stubborn=True)
+        await eventually(lambda: b.list_remote(KEY))
+        waiting = asyncio.create_task(b.cancel_remote(CancelOrder(KEY, "r", timeout_s=30)))
+        await eventually(lambda: _async(node_a.cancel_calls))  # A got it; B waits for A
+        elapsed, error = await timed(_cancel(waiting))
+        assert isinstance(error, asyncio.CancelledError) and elapsed < 0.5
+        # B is unharmed: the next cancel gets its answer.
+        other = node_a.start_run(KEY._replace(session_id="other"))
+        await eventually(lambda: b.list_remote(KEY._replace(session_id="other")))
+        [outcome] = await b.cancel_remote(
+            CancelOrder(KEY._replace(session_id="other"), "r", timeout_s=2)
+        )
+        assert (outcome.run_id, outcome.stopped_by) == (other.run_id, "abort")
+        assert node_a.is_running(stubborn.run_id)
+    finally:
+        await node_a.close()
+        await a.disconnect()
+        await b.disconnect()
+
+
+async def _cancel(task: asyncio.Task[Any]) -> Any:
+    task.cancel()
+    return await task

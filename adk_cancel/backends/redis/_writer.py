@@ -1,0 +1,211 @@
+"""Every write to Redis: announcements, withdrawals, prunes and the heartbeat.
+
+``announce`` and ``withdraw`` run on every run's path, so they only queue; one loop writes the
+queue in order, a pipeline per batch, and a heartbeat every TTL/3. Each queued write stands
+alone: one that cannot be built or that Redis refuses (``WRONGTYPE`` on a key someone else
+wrote there) is logged once and dropped, and the rest of its batch is written. Only a round
+trip that fails (Redis unreachable, not answering) stops the loop, for the link to reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import anyio
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import RedisError
+
+from ..._models import RunInfo, SessionKey
+from .._base import LocalNode
+from ._keys import KeyLayout, show
+from ._wire import dump
+
+logger = logging.getLogger(__package__)
+
+Location = tuple[str, str]
+"""Where a run's entry is: (hash key, field)."""
+
+
+@dataclass(frozen=True)
+class Op:
+    """One queued write."""
+
+    kind: Literal["announce", "withdraw", "prune"]
+    run: RunInfo | None = None
+    hash_key: str = ""
+    fields: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Staged:
+    """An op turned into commands, waiting for their answers."""
+
+    op: Op
+    commands: int
+    location: Location | None  # announce: where the entry now is; withdraw: None
+
+
+class Writer:
+    """The write queue of one connected process, and what Redis holds of its runs."""
+
+    def __init__(self, keys: KeyLayout, node_id: str, ttl_ms: int) -> None:
+        self.keys = keys
+        self.node_id = node_id
+        self.ttl_ms = ttl_ms
+        self.queue: asyncio.Queue[Op] = asyncio.Queue()
+        self.published: dict[str, Location] = {}
+        """run_id -> its entry as last written, to remove what a lost withdraw left. Changed
+        only once Redis has a write: one lost in an outage stays listed here, so the snapshot
+        after reconnecting removes what it left behind."""
+        self._refused: set[str] = set()
+        """Runs whose refused write was logged: a heartbeat retries them, quietly."""
+
+    def discard_queued(self) -> None:
+        """Drop what is queued (the snapshot about to be written covers it)."""
+        while not self.queue.empty():
+            self.queue.get_nowait()
+
+    async def serve(self, client: Redis, node: LocalNode, interval_s: float) -> None:
+        """Write batches as they are queued and a heartbeat every ``interval_s``, until
+        cancelled; raises what failed a round trip."""
+        loop = asyncio.get_running_loop()
+        next_beat = loop.time() + interval_s
+        while True:
+            wait_s = next_beat - loop.time()
+            if wait_s <= 0:
+                await self.write_snapshot(client, node.all_runs_here())
+                next_beat = loop.time() + interval_s
+                continue
+            first: Op | None = None
+            with anyio.move_on_after(wait_s):
+                first = await self.queue.get()
+            if first is None:
+                continue
+            # One loop turn for the writes of the same burst (a cancel marks its run
+            # "cancelling", then the run ends and is withdrawn) to share one round trip.
+            await asyncio.sleep(0)
+            batch = [first]
+            while not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            await self.write_batch(client, batch)
+
+    async def write_batch(self, client: Redis, batch: Iterable[Op]) -> None:
+        async with client.pipeline(transaction=False) as pipe:
+            staged = [s for op in batch if (s := self._stage(pipe, op)) is not None]
+            if not staged:
+                return
+            results = await pipe.execute(raise_on_error=False)
+        for item, answers in _split(staged, results):
+            if (error := _first_error(answers)) is not None:
+                self._refuse(item.op, error)
+            elif item.op.run is not None:
+                run_id = item.op.run.run_id
+                if item.location is None:
+                    self.published.pop(run_id, None)
+                    self._refused.discard(run_id)
+                else:
+                    self.published[run_id] = item.location
+
+    async def write_snapshot(self, client: Redis, runs: list[RunInfo]) -> None:
+        """The heartbeat: the node key, and every local run as the registry has it now."""
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.set(
+                self.keys.node(self.node_id),
+                json.dumps({"host": socket.gethostname(), "pid": os.getpid()}),
+                px=self.ttl_ms,
+            )
+            staged = [
+                s for run in runs if (s := self._stage(pipe, Op("announce", run))) is not None
+            ]
+            # Entries a lost withdraw left, including a run's old key after it was re-keyed.
+            current = {s.location for s in staged}
+            for location in self.published.values():
+                if location not in current:
+                    pipe.hdel(*location)
+            results = await pipe.execute(raise_on_error=False)
+        if isinstance(results[0], Exception):
+            # Without its node key this process looks dead to the others: that is an outage.
+            raise results[0]
+        published: dict[str, Location] = {}
+        for item, answers in _split(staged, results[1:]):
+            if (error := _first_error(answers)) is not None:
+                self._refuse(item.op, error)
+            elif item.op.run is not None and item.location is not None:
+                published[item.op.run.run_id] = item.location
+        self.published = published
+        self._refused &= {run.run_id for run in runs}
+
+    async def forget(self, client: Redis) -> None:
+        """Remove this process's node key and entries, so others stop listing it at once."""
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.delete(self.keys.node(self.node_id))
+            for location in self.published.values():
+                pipe.hdel(*location)
+            await pipe.execute()
+        self.published.clear()
+
+    def _stage(self, pipe: Pipeline, op: Op) -> _Staged | None:
+        """Queue ``op``'s commands on ``pipe``; None (logged) if it cannot be written."""
+        try:
+            commands, location = self._commands(op)
+        except Exception as exc:  # nothing should get here; if it does, it is this op's alone
+            self._refuse(op, exc)
+            return None
+        for command in commands:
+            pipe.execute_command(*command)
+        return _Staged(op, len(commands), location)
+
+    def _commands(self, op: Op) -> tuple[list[tuple[str | int, ...]], Location | None]:
+        if op.kind == "prune":
+            return [("HDEL", op.hash_key, *op.fields)], None
+        run = op.run
+        assert run is not None
+        hash_key = self.keys.runs(SessionKey(run.app_name, run.user_id, run.session_id))
+        run_field = self.keys.run_field(self.node_id, run.run_id)
+        if op.kind == "withdraw":
+            return [("HDEL", hash_key, run_field)], None
+        return [
+            ("HSET", hash_key, run_field, dump(run)),
+            ("PEXPIRE", hash_key, self.ttl_ms),
+        ], (hash_key, run_field)
+
+    def _refuse(self, op: Op, error: BaseException) -> None:
+        run = op.run
+        if run is None:  # a prune: housekeeping that the next reader retries
+            logger.debug("adk-cancel: Redis refused a prune of %s: %s", op.hash_key, error)
+            return
+        if run.run_id in self._refused:
+            return
+        self._refused.add(run.run_id)
+        logger.warning(
+            "adk-cancel: could not write the %s of run %s of %s to Redis (%s: %s); other "
+            "workers may not list or cancel it. Other runs are not affected.",
+            "announcement" if op.kind == "announce" else "withdrawal",
+            run.run_id,
+            show(SessionKey(run.app_name, run.user_id, run.session_id)),
+            type(error).__name__,
+            error,
+            exc_info=None if isinstance(error, RedisError) else error,
+        )
+
+
+def _split(
+    staged: list[_Staged], results: Sequence[object]
+) -> Iterable[tuple[_Staged, Sequence[object]]]:
+    """Each staged op with the answers to its own commands."""
+    start = 0
+    for item in staged:
+        yield item, results[start : start + item.commands]
+        start += item.commands
+
+
+def _first_error(answers: Sequence[object]) -> BaseException | None:
+    return next((a for a in answers if isinstance(a, BaseException)), None)
