@@ -3,8 +3,9 @@
 Run: .venv/bin/python bench/_redis_bench.py [--trials 100]
 (``bench/cancel_latency.py`` calls ``main()`` at its end.)
 
-Starts a throwaway ``redis-server`` and two server processes (``tests/backends/_worker.py``,
-sharing a SQLite session store). Each trial starts a /run of the slow sample agent on worker A,
+Starts a throwaway ``redis-server`` and two ``adk-cancel api_server`` processes serving
+``samples/`` and sharing a SQLite session store. Each trial starts a /run of the slow sample
+agent on worker A,
 waits until its async tool is running, then sends ``:cancel`` (wait=true) either to A itself
 (same-worker) or to B (cross-worker: B asks A through Redis). The two kinds alternate, so both
 see the same conditions. Recorded per trial:
@@ -16,23 +17,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-for extra in (ROOT / "tests", ROOT / "tests" / "backends"):
-    if str(extra) not in sys.path:
-        sys.path.insert(0, str(extra))
+from adk_cancel.testing import (
+    RedisServer,
+    ServerProcess,
+    SimpleNode,
+    free_port,
+    run_body,
+    session_path,
+    wait_for_call,
+)
 
-from backend_helpers import RedisServer, Worker, free_port, start_workers
-from support import run_body, session_path
+ROOT = Path(__file__).resolve().parent.parent
 
 TARGET_P99_MS = 30.0
 
@@ -42,62 +46,43 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-class _Events:
-    """Tails a worker's slow-agent event file."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset = 0
-        self.started: set[str] = set()
-
-    def poll(self) -> None:
-        with self.path.open("rb") as f:
-            f.seek(self.offset)
-            chunk = f.read()
-        end = chunk.rfind(b"\n") + 1
-        self.offset += end
-        for line in chunk[:end].splitlines():
-            record = json.loads(line)
-            if record["event"] == "tool_started":
-                self.started.add(record["session_id"])
+def _holds(worker: ServerProcess, run: dict[str, Any]) -> bool:
+    """Whether a cancelled run belongs to ``worker`` (node ids hold the pid)."""
+    return f":{worker.pid}:" in str(run["worker"])
 
 
 async def _trial(
-    client: httpx.AsyncClient, holder: Worker, canceller: Worker, events: _Events
+    client: httpx.AsyncClient, holder: ServerProcess, canceller: ServerProcess
 ) -> tuple[float, float]:
     sid = (await client.post(f"{holder.url}/apps/slow_agent/users/u/sessions", json={})).json()[
         "id"
     ]
     run = asyncio.create_task(client.post(f"{holder.url}/run", json=run_body(sid, "tool 30")))
-    deadline = time.monotonic() + 10
-    while sid not in events.started:
-        if run.done() or time.monotonic() > deadline:
-            raise RuntimeError(f"the tool did not start: {run.result().text if run.done() else ''}")
-        await asyncio.sleep(0.002)
-        events.poll()
+    await wait_for_call(client, holder.url, sid)
     started = time.perf_counter()
     answer = await client.post(canceller.url + session_path(sid) + ":cancel")
     rtt = (time.perf_counter() - started) * 1000
     if answer.status_code != 200:
         raise RuntimeError(f"cancel answered {answer.status_code}: {answer.text}")
     [outcome] = answer.json()["runs"]
-    if outcome["stopped_by"] != "abort" or not holder.holds(outcome):
+    if outcome["stopped_by"] != "abort" or not _holds(holder, outcome):
         raise RuntimeError(f"unexpected outcome: {outcome}")
     await run
     return rtt, float(outcome["stop_ms"])
 
 
-async def measure(a: Worker, b: Worker, trials: int) -> dict[str, dict[str, list[float]]]:
+async def measure(
+    a: ServerProcess, b: ServerProcess, trials: int
+) -> dict[str, dict[str, list[float]]]:
     """Alternate same-worker (A -> A) and cross-worker (B -> A via Redis) cancels."""
     results: dict[str, dict[str, list[float]]] = {
         "same-worker": {"rtt": [], "stop": []},
         "cross-worker": {"rtt": [], "stop": []},
     }
-    events = _Events(a.events)
     async with httpx.AsyncClient(timeout=30) as client:
         for i in range(trials * 2 + 6):
             mode, canceller = ("same-worker", a) if i % 2 == 0 else ("cross-worker", b)
-            rtt, stop = await _trial(client, a, canceller, events)
+            rtt, stop = await _trial(client, a, canceller)
             if i >= 6:  # warm-up: first imports, connections, SQLite pages
                 results[mode]["rtt"].append(rtt)
                 results[mode]["stop"].append(stop)
@@ -107,8 +92,6 @@ async def measure(a: Worker, b: Worker, trials: int) -> dict[str, dict[str, list
 async def backend_hop(url: str, trials: int) -> list[float]:
     """The backend alone: two RedisBackends and real SimpleNodes in this process, timing
     ``cancel_remote`` (wait=true) of a run that stops as soon as it is aborted."""
-    from backend_helpers import SimpleNode
-
     from adk_cancel import CancelOrder, SessionKey
     from adk_cancel.backends import RedisBackend
 
@@ -147,9 +130,21 @@ def run_bench(trials: int = 100) -> dict[str, dict[str, list[float]]] | None:
         workdir = Path(tmp)
         redis = RedisServer(free_port(), workdir)
         redis.start()
-        workers: list[Worker] = []
+        flags = (
+            f"--session_service_uri=sqlite:///{workdir / 'sessions.db'}",
+            f"--cancel_backend={redis.url}",
+            "--log_level=warning",
+            "--no_chat",
+        )
+        workers = [
+            ServerProcess(ROOT / "samples", *flags, log_path=workdir / f"{name}.log")
+            for name in "ab"
+        ]
         try:
-            workers = start_workers(["a", "b"], redis.url, workdir)
+            for worker in workers:
+                worker.start(wait=False)
+            for worker in workers:
+                worker.wait_ready()
             results = asyncio.run(measure(workers[0], workers[1], trials))
             results["backend hop"] = {"rtt": asyncio.run(backend_hop(redis.url, trials))}
             return results

@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 import websockets
 
-from adk_cancel.testing import run_body, serve, session_path
+from adk_cancel.testing import run_body, serve, session_path, wait_for_call
 
 ROOT = Path(__file__).resolve().parent.parent
 MEMORY_SERVICES = {
@@ -45,20 +45,6 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def wait_tool(client: httpx.AsyncClient, sid: str) -> None:
-    """Until the model's call of the slow tool is stored: the run then waits in the tool."""
-    deadline = time.monotonic() + 10
-    while True:
-        events = (await client.get(session_path(sid))).json()["events"]
-        if any(
-            "functionCall" in p for e in events for p in (e.get("content") or {}).get("parts", [])
-        ):
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError("the tool did not start")
-        await asyncio.sleep(0.002)
-
-
 async def one_trial(client: httpx.AsyncClient, url: str, route: str) -> tuple[float, float]:
     sid = (await client.post("/apps/slow_agent/users/u/sessions", json={})).json()["id"]
     if route == "run_live":
@@ -71,7 +57,7 @@ async def one_trial(client: httpx.AsyncClient, url: str, route: str) -> tuple[fl
     else:
         body = run_body(sid, "tool 30", streaming=route == "run_sse")
         request = asyncio.create_task(client.post(f"/{route}", json=body))
-    await wait_tool(client, sid)
+    await wait_for_call(client, url, sid)
     started = time.perf_counter()
     answer = await client.post(session_path(sid) + ":cancel")
     round_trip = (time.perf_counter() - started) * 1000

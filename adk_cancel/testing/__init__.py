@@ -4,15 +4,22 @@
   calls a slow tool, so there is something to cancel.
 - :func:`serve` (an app in a thread), :class:`ServerProcess` (``adk-cancel api_server`` in a
   child process), :class:`RedisServer` (a throwaway ``redis-server``), :func:`free_port`.
+- :class:`SimpleNode`: a minimal run registry, to test a ``CancelBackend`` without a server.
 - :func:`run_body`, :func:`session_path`: request bodies and paths of ADK's API server.
-- :func:`unanswered_calls`: the invariant a cancel must keep, read from stored events.
+- :func:`unanswered_calls`: the invariant a cancel must keep, read from stored events;
+  :func:`wait_for_call`: until a session has stored a function call (a run waits in a tool).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+import anyio
+import httpx
+
+from ._node import SimpleNode
 from ._scripted import ScriptedLlm
 from ._servers import RedisServer, ServerProcess, free_port, serve
 
@@ -24,12 +31,14 @@ __all__ = [
     "RedisServer",
     "ScriptedLlm",
     "ServerProcess",
+    "SimpleNode",
     "free_port",
     "message",
     "run_body",
     "serve",
     "session_path",
     "unanswered_calls",
+    "wait_for_call",
 ]
 
 
@@ -74,3 +83,28 @@ def unanswered_calls(events: Iterable[Event | dict[str, Any]]) -> list[types.Fun
                 calls[call.id] = call
         answered.update(r.id for r in event.get_function_responses() if r.id)
     return [call for call_id, call in calls.items() if call_id not in answered]
+
+
+async def wait_for_call(
+    client: httpx.AsyncClient,
+    url: str,
+    session_id: str,
+    app: str = "slow_agent",
+    user: str = "u",
+    timeout_s: float = 10.0,
+) -> None:
+    """Poll ``GET .../sessions/{id}`` until the session has stored a function call: the
+    model has asked for a tool, and the run waits in it. Raises ``TimeoutError``."""
+    deadline = time.monotonic() + timeout_s
+    path = url + session_path(session_id, app, user)
+    while True:
+        events = (await client.get(path)).json().get("events", [])
+        if any("functionCall" in part for e in events for part in _parts(e)):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"session {session_id} stored no function call in {timeout_s} s")
+        await anyio.sleep(0.002)
+
+
+def _parts(event: dict[str, Any]) -> list[dict[str, Any]]:
+    return list((event.get("content") or {}).get("parts") or [])

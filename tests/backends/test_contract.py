@@ -21,9 +21,9 @@ from support import TEST_AGENTS, memory_services, run_body, session_path, wait_u
 import adk_cancel
 from adk_cancel import CancelledRun, CancelOrder, RunInfo, SessionKey
 from adk_cancel.backends import BackendUnavailable, CancelBackend, LocalNode
-from adk_cancel.testing import RedisServer
+from adk_cancel.testing import RedisServer, SimpleNode
 
-from .backend_helpers import Cluster, SimpleNode, eventually
+from .backend_helpers import Cluster, eventually
 
 pytestmark = pytest.mark.timeout(60)
 

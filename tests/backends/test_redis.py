@@ -20,16 +20,15 @@ import pytest
 
 from adk_cancel import CancelOrder, SessionKey
 from adk_cancel.backends import BackendUnavailable, backend_from_url
-from adk_cancel.backends.redis import RedisBackend
-from adk_cancel.testing import RedisServer, free_port
+from adk_cancel.backends import RedisBackend
+from adk_cancel.testing import RedisServer, SimpleNode, free_port
 
-from .backend_helpers import SimpleNode, eventually
+from .backend_helpers import eventually
 
 pytestmark = pytest.mark.timeout(60)
 
 KEY = SessionKey("app", "user", "session")
 LOGGER = "adk_cancel.backends.redis"
-HERE = Path(__file__).resolve().parent
 
 
 def make(url: str, **options: float) -> RedisBackend:
@@ -256,10 +255,9 @@ async def test_disconnect_forgets_this_node_and_ends_every_task(
 
 HOLDER = """
 import asyncio, sys
-sys.path[:0] = sys.argv[3:]
 from adk_cancel import SessionKey
-from adk_cancel.backends.redis import RedisBackend
-from backend_helpers import SimpleNode
+from adk_cancel.backends import RedisBackend
+from adk_cancel.testing import SimpleNode
 
 async def main():
     node = SimpleNode(RedisBackend(sys.argv[1], key_prefix=sys.argv[2], announce_ttl_s=1.0))
@@ -277,9 +275,8 @@ async def test_a_killed_holder_is_reported_not_stopped_until_it_expires(
 ) -> None:
     prefix = f"t-{uuid.uuid4().hex[:8]}"
     holder = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", HOLDER, redis_server.url, prefix, str(HERE), str(HERE.parent),
-        stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        sys.executable, "-c", HOLDER, redis_server.url, prefix, stdout=asyncio.subprocess.PIPE
+    )
     try:
         assert holder.stdout is not None
         line = await asyncio.wait_for(holder.stdout.readline(), 30)
