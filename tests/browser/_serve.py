@@ -14,7 +14,7 @@ from typing import Any
 import uvicorn
 
 from adk_cancel import get_fast_api_app
-from adk_cancel._chat import add_chat_route
+from adk_cancel.chat import add_chat_route
 
 AGENTS_DIR = Path(__file__).resolve().parents[2] / "samples"
 
