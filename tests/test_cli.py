@@ -293,6 +293,16 @@ def test_help_and_the_client_commands_do_not_import_adk(args: list[str]) -> None
     assert json.loads(done.stdout.strip().splitlines()[-1]) == [], done.stdout + done.stderr
 
 
+def test_every_public_name_of_the_package_still_resolves() -> None:
+    # The package imports its public names on first use (so the CLI's help need not import
+    # ADK): each name in __all__ must say where it lives.
+    import adk_cancel
+
+    for name in adk_cancel.__all__:
+        assert getattr(adk_cancel, name) is not None, name
+    assert set(adk_cancel.__all__) <= set(dir(adk_cancel))
+
+
 def test_the_group_help_lists_every_command() -> None:
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0
