@@ -8,21 +8,25 @@ well-formed for the next turn. The backend interface (``CancelBackend``, ``Local
 
 from __future__ import annotations
 
-from ._install import PLUGIN_PATH, get_fast_api_app, install
-from ._middleware import WS_CLOSE_CANCELLED, CancelMiddleware
-from ._models import (
-    CancelledRun,
-    CancelRequest,
-    CancelResponse,
-    RunInfo,
-    RunsResponse,
-    SessionKey,
-)
-from ._options import CancelOptions
-from ._order import CancelOrder
-from ._plugin import CANCEL_PLUGIN, CancelPlugin
-from ._registry import RunRegistry
-from ._repair import RepairFailed, repair_session
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._install import PLUGIN_PATH, get_fast_api_app, install
+    from ._middleware import WS_CLOSE_CANCELLED, CancelMiddleware
+    from ._models import (
+        CancelledRun,
+        CancelRequest,
+        CancelResponse,
+        RunInfo,
+        RunsResponse,
+        SessionKey,
+    )
+    from ._options import CancelOptions
+    from ._order import CancelOrder
+    from ._plugin import CANCEL_PLUGIN, CancelPlugin
+    from ._registry import RunRegistry
+    from ._repair import RepairFailed, repair_session
 
 __version__ = "0.1.0"
 
@@ -46,3 +50,39 @@ __all__ = [
     "install",
     "repair_session",
 ]
+
+# Where each public name lives. They are imported on first use, not with the package: they
+# import ADK (about 2 s), and `adk-cancel --help`, `cancel` and `runs` need none of it.
+_HOME = {
+    "PLUGIN_PATH": "._install",
+    "get_fast_api_app": "._install",
+    "install": "._install",
+    "WS_CLOSE_CANCELLED": "._middleware",
+    "CancelMiddleware": "._middleware",
+    "CancelledRun": "._models",
+    "CancelRequest": "._models",
+    "CancelResponse": "._models",
+    "RunInfo": "._models",
+    "RunsResponse": "._models",
+    "SessionKey": "._models",
+    "CancelOptions": "._options",
+    "CancelOrder": "._order",
+    "CANCEL_PLUGIN": "._plugin",
+    "CancelPlugin": "._plugin",
+    "RunRegistry": "._registry",
+    "RepairFailed": "._repair",
+    "repair_session": "._repair",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -72,7 +72,7 @@ def _install(app: FastAPI, settings: CancelOptions) -> RunRegistry:
     add_routes_first(app, build_router(registry))
     app.router.lifespan_context = _with_registry(app.router.lifespan_context, registry)
     if settings.chat:
-        from ._chat import add_chat_route
+        from .chat import add_chat_route
 
         add_chat_route(app)
     app.state.adk_cancel = registry

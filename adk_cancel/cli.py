@@ -1,114 +1,142 @@
-"""``adk-cancel``: ADK's ``api_server`` and ``web`` with cancellation, plus a cancel client."""
+"""``adk-cancel``: ADK's ``api_server`` and ``web`` with cancellation, plus a cancel client.
+
+Importing this module imports neither ADK nor the server side of adk-cancel: ``adk-cancel
+--help``, ``cancel`` and ``runs`` answer at once. ADK's own click commands (about 2 s to
+import) are loaded only when ``api_server`` or ``web`` is used.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import click
-import httpx
 
-from ._options import DEFAULT_GRACE_S, DEFAULT_SHUTDOWN_GRACE_S, CancelOptions
+if TYPE_CHECKING:
+    import httpx
+
+    from ._options import CancelOptions
+
+CONTEXT_SETTINGS = {"max_content_width": 120}
 
 
-@click.group(context_settings={"max_content_width": 120})
+class _LazyGroup(click.Group):
+    """A group whose heavy commands are imported only when one of them is used.
+
+    ``lazy`` maps a command name to (its loader, its one-line help): the group's own
+    ``--help`` lists them from that line, without loading them.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        lazy: Mapping[str, tuple[Callable[[], click.Command], str]],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy and cmd_name not in self.commands:
+            load, _ = self.lazy[cmd_name]
+            self.add_command(load(), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows: list[tuple[str, str]] = []
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max((len(name) for name in names), default=0)
+        for name in names:
+            if name in self.lazy and name not in self.commands:
+                rows.append((name, self.lazy[name][1]))
+                continue
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+def _adk_command(name: str) -> Callable[[], click.Command]:
+    def load() -> click.Command:
+        from ._serve_command import adk_command
+
+        return adk_command(name, _SHORT_HELP[name])
+
+    return load
+
+
+def _load_models() -> click.Command:
+    try:
+        from .mlx.cli import models
+    except ImportError as exc:
+        raise click.ClickException(
+            f"`adk-cancel models` needs the mlx extra ({exc}): pip install 'adk-cancel[mlx]'"
+        ) from exc
+    return models
+
+
+_SHORT_HELP = {
+    "api_server": "ADK's api_server (all its flags) with :cancel, /runs and /chat.",
+    "web": "ADK's web (dev UI; all its flags) with :cancel, /runs and /chat.",
+    "models": "Local MLX models for mlx/... agents, prepared once, offline.",
+}
+
+
+@click.group(
+    cls=_LazyGroup,
+    lazy={
+        "api_server": (_adk_command("api_server"), _SHORT_HELP["api_server"]),
+        "web": (_adk_command("web"), _SHORT_HELP["web"]),
+        "models": (_load_models, _SHORT_HELP["models"]),
+    },
+    context_settings=CONTEXT_SETTINGS,
+)
 @click.version_option(package_name="adk-cancel")
 def main() -> None:
     """Serve ADK agents that a POST .../sessions/{id}:cancel can stop."""
 
 
-_CANCEL_OPTIONS = [
-    click.Option(
-        ["--cancel_backend"],
-        default="memory://",
-        show_default=True,
-        help="Where runs are registered: memory:// (one process) or redis://host:port/db "
-        "(cancel across workers and replicas).",
-    ),
-    click.Option(
-        ["--cancel_grace_s"],
-        type=click.FloatRange(min=0),
-        default=DEFAULT_GRACE_S,
-        show_default=True,
-        help="Seconds a cooperative abort may take before the run's task is cancelled.",
-    ),
-    click.Option(
-        ["--shutdown_grace_s"],
-        type=click.FloatRange(min=0),
-        default=DEFAULT_SHUTDOWN_GRACE_S,
-        show_default=True,
-        help="On SIGINT/SIGTERM, seconds active runs may go on before they are cancelled.",
-    ),
-    click.Option(
-        ["--chat/--no_chat"],
-        default=True,
-        show_default=True,
-        help="Serve the chat page with a Stop button at /chat.",
-    ),
-]
+def cancel_option_params(options_type: type[Any] | None = None) -> list[click.Option]:
+    """The cancel flags of ``api_server`` and ``web``, for a click command of your own.
+
+    One click option per :class:`adk_cancel.CancelOptions` field (or per field of
+    ``options_type``, a dataclass of the same kind): ``--name``, the field's
+    ``metadata["help"]``, a type from its annotation. :func:`pop_cancel_options` turns the
+    parsed values back into the options.
+    """
+    from ._cli_options import option_params
+    from ._options import CancelOptions
+
+    return option_params(options_type or CancelOptions)
 
 
-def _wrap_adk_command(name: str, adk_command: click.Command) -> click.Command:
-    """ADK's own click command (every flag of it), building its app through ours."""
+def pop_cancel_options(values: dict[str, Any]) -> CancelOptions:
+    """The :class:`adk_cancel.CancelOptions` in a command's parsed values, taken out of them
+    (what is left is for ADK); a usage error if they do not make valid options."""
+    from ._cli_options import pop_options
+    from ._options import CancelOptions
 
-    def callback(**kwargs: Any) -> Any:
-        settings = CancelOptions(
-            cancel_backend=kwargs.pop("cancel_backend"),
-            cancel_grace_s=kwargs.pop("cancel_grace_s"),
-            shutdown_grace_s=kwargs.pop("shutdown_grace_s"),
-            chat=kwargs.pop("chat"),
-        )
-        assert adk_command.callback is not None
-        with _adk_builds_our_app(settings):
-            return adk_command.callback(**kwargs)
-
-    return click.Command(
-        name,
-        params=[*adk_command.params, *_CANCEL_OPTIONS],
-        callback=callback,
-        help=f"Like `adk {name}`, with the :cancel route installed.\n\n{adk_command.help or ''}",
-        context_settings={"max_content_width": 120},
-    )
+    return pop_options(values, CancelOptions)
 
 
-@contextlib.contextmanager
-def _adk_builds_our_app(settings: CancelOptions) -> Iterator[None]:
-    """While ADK's own command runs, its ``get_fast_api_app`` builds our app; undone after."""
-    from google.adk.cli import fast_api
-
-    from ._install import build_app
-
-    adk_factory = fast_api.get_fast_api_app
-
-    def ours(**adk_kwargs: Any) -> Any:
-        return build_app(adk_factory, settings, adk_kwargs)
-
-    fast_api.get_fast_api_app = ours
-    try:
-        yield
-    finally:
-        fast_api.get_fast_api_app = adk_factory
-
-
-def _register_adk_commands() -> None:
-    from google.adk.cli import cli_tools_click
-
-    main.add_command(_wrap_adk_command("api_server", cli_tools_click.cli_api_server))
-    main.add_command(_wrap_adk_command("web", cli_tools_click.cli_web))
-
-
-def _session_url(url: str, app: str, user: str, session: str) -> str:
-    return f"{url.rstrip('/')}/apps/{app}/users/{user}/sessions/{session}"
+def _session_path(app: str, user: str, session: str) -> str:
+    return f"/apps/{app}/users/{user}/sessions/{session}"
 
 
 _client_options = [
-    click.option("--url", default="http://127.0.0.1:8000", show_default=True),
+    click.option(
+        "--url", default="http://127.0.0.1:8000", show_default=True, help="The server's address."
+    ),
     click.option("--app", "app_name", required=True, help="App (agent directory) name."),
-    click.option("--user", "user_id", required=True),
-    click.option("--session", "session_id", required=True),
+    click.option("--user", "user_id", required=True, help="User id of the session."),
+    click.option("--session", "session_id", required=True, help="Session id."),
 ]
 
 
@@ -118,19 +146,38 @@ def _with_client_options(func: Any) -> Any:
     return func
 
 
-def _print_answer(response: httpx.Response) -> None:
+def _call(method: str, url: str, path: str, **kwargs: Any) -> httpx.Response:
+    """``method url+path``, printing the answer (JSON indented); exit 2 if unreachable."""
+    import httpx  # imported here: `adk-cancel --help` needs none of it
+
+    try:
+        response = httpx.request(method, url.rstrip("/") + path, **kwargs)
+    except httpx.HTTPError as exc:
+        click.echo(f"Could not reach {url}: {exc}. Is the server running?", err=True)
+        sys.exit(2)
     try:
         click.echo(json.dumps(response.json(), indent=2))
     except ValueError:
-        click.echo(response.text)
+        click.echo(response.text.rstrip("\n"))
+    return response
 
 
 @main.command("cancel")
 @_with_client_options
 @click.option("--invocation", "invocation_id", default=None, help="Cancel only this invocation.")
 @click.option("--reason", default=None, help="Why; shown to the run's client.")
-@click.option("--wait/--no_wait", default=True, show_default=True)
-@click.option("--timeout_s", type=click.FloatRange(min=0, min_open=True), default=None)
+@click.option(
+    "--wait/--no_wait",
+    default=True,
+    show_default=True,
+    help="Answer once the runs have stopped (--no_wait: once the cancel is signalled).",
+)
+@click.option(
+    "--timeout_s",
+    type=click.FloatRange(min=0, min_open=True, max=300),
+    default=None,
+    help="With --wait, answer after this long even if a run has not stopped.",
+)
 def cancel_command(
     url: str,
     app_name: str,
@@ -151,13 +198,8 @@ def cancel_command(
     ):
         if value is not None:
             body[name] = value
-    target = _session_url(url, app_name, user_id, session_id) + ":cancel"
-    try:
-        response = httpx.post(target, json=body, timeout=(timeout_s or 30) + 5)
-    except httpx.HTTPError as exc:
-        click.echo(f"Could not reach {url}: {exc}. Is the server running?", err=True)
-        sys.exit(2)
-    _print_answer(response)
+    path = _session_path(app_name, user_id, session_id) + ":cancel"
+    response = _call("POST", url, path, json=body, timeout=(timeout_s or 30) + 5)
     sys.exit(0 if response.status_code in (200, 202) else 1 if response.status_code == 404 else 2)
 
 
@@ -165,25 +207,8 @@ def cancel_command(
 @_with_client_options
 def runs_command(url: str, app_name: str, user_id: str, session_id: str) -> None:
     """List a session's runs in flight."""
-    try:
-        response = httpx.get(_session_url(url, app_name, user_id, session_id) + "/runs", timeout=10)
-    except httpx.HTTPError as exc:
-        click.echo(f"Could not reach {url}: {exc}. Is the server running?", err=True)
-        sys.exit(2)
-    _print_answer(response)
+    response = _call("GET", url, _session_path(app_name, user_id, session_id) + "/runs", timeout=10)
     sys.exit(0 if response.status_code == 200 else 2)
-
-
-def _register_model_commands() -> None:
-    try:
-        from .mlx.cli import models
-    except ImportError:
-        return  # the [mlx] extra is not installed
-    main.add_command(models)
-
-
-_register_adk_commands()
-_register_model_commands()
 
 
 if __name__ == "__main__":

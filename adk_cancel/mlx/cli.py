@@ -8,6 +8,8 @@ import click
 
 from . import _catalog
 
+_CACHE_HELP = f"Where models go (default: ${_catalog.CACHE_ENV} or ~/.cache/adk-cancel/models)."
+
 
 @click.group("models")
 def models() -> None:
@@ -17,10 +19,10 @@ def models() -> None:
 @models.command("prepare")
 @click.argument("names", nargs=-1, metavar="[NAME]...")
 @click.option(
-    "--cache-dir",
+    "--cache_dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help=f"Where models go (default: ${_catalog.CACHE_ENV} or ~/.cache/adk-cancel/models).",
+    help=_CACHE_HELP,
 )
 @click.option("--force", is_flag=True, help="Prepare again even if already prepared.")
 def prepare(names: tuple[str, ...], cache_dir: Path | None, force: bool) -> None:
@@ -46,12 +48,18 @@ def prepare(names: tuple[str, ...], cache_dir: Path | None, force: bool) -> None
 
 
 @models.command("list")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option(
+    "--cache_dir", type=click.Path(file_okay=False, path_type=Path), default=None, help=_CACHE_HELP
+)
 def list_models(cache_dir: Path | None) -> None:
     """Show the known model names and whether each is prepared."""
     for name, known in sorted(_catalog.KNOWN_MODELS.items()):
         path = _catalog.prepared_path(name, cache_dir)
-        state = str(path) if path.is_dir() else "not prepared"
+        if path.is_dir():
+            state = f"prepared: {path}"
+        else:
+            where = f" --cache_dir {cache_dir}" if cache_dir else ""
+            state = f"not prepared: adk-cancel models prepare {name}{where}"
         click.echo(f"mlx/{name}\n  {known.description}\n  {state}")
 
 

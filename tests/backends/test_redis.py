@@ -12,15 +12,13 @@ import socket
 import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
 from adk_cancel import CancelOrder, SessionKey
-from adk_cancel.backends import BackendUnavailable, backend_from_url
-from adk_cancel.backends import RedisBackend
+from adk_cancel.backends import BackendUnavailable, RedisBackend, backend_from_url
 from adk_cancel.testing import RedisServer, SimpleNode, free_port
 
 from .backend_helpers import eventually

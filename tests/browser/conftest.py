@@ -1,30 +1,27 @@
 """Fixtures for the chat page's browser tests: a real API server and headless Chromium.
 
-The server runs in a subprocess (``_serve.py``) on a free loopback port. The browser is
-Debian's ``/usr/bin/chromium`` driven by Playwright for Python; the tests skip when either
-is missing.
+The server is ``adk-cancel api_server samples/ --chat`` in a child process
+(``adk_cancel.testing.ServerProcess``, as everywhere in the tests). The browser is Debian's
+``/usr/bin/chromium`` driven by Playwright for Python; the tests skip when either is missing.
 """
 
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
+from support import ROOT, SAMPLES
+
+from adk_cancel.chat import render_chat_page
+from adk_cancel.testing import ServerProcess, run_body
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page
+    from playwright.sync_api import Browser, Page, Route
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = os.environ.get("CHAT_TEST_CHROMIUM", "/usr/bin/chromium")  # Debian's chromium
 CHROMIUM_ARGS = [
@@ -38,8 +35,12 @@ CHROMIUM_ARGS = [
     "--disable-quic",
 ]
 APP = "slow_agent"
-USER = "chat-user"
-SERVER_START_S = 60.0
+SERVER_START_S = 90.0
+MEMORY_SERVICES = (
+    "--session_service_uri", "memory://",
+    "--artifact_service_uri", "memory://",
+    "--memory_service_uri", "memory://",
+)  # fmt: skip
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -59,78 +60,18 @@ def _missing_browser_tools() -> list[str]:
     return missing
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@dataclass
-class LiveServer:
-    """An API server with the chat page, in its own process."""
-
-    url: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-    log: IO[bytes]
-
-    def log_tail(self, chars: int = 4000) -> str:
-        self.log.flush()
-        return self.log_path.read_text(errors="replace")[-chars:]
-
-    def runs(self, session_id: str, app: str = APP, user: str = USER) -> list[dict[str, Any]]:
-        """The active runs the server's registry holds for a session."""
-        r = httpx.get(f"{self.url}/apps/{app}/users/{user}/sessions/{session_id}/runs", timeout=5)
-        r.raise_for_status()
-        runs: list[dict[str, Any]] = r.json()["runs"]
-        return runs
-
-    def kill(self) -> None:
-        """End the server abruptly, as a crash would."""
-        self.proc.kill()
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self.log.close()
-
-
-def start_server(log_dir: Path, *args: str) -> LiveServer:
-    port = _free_port()
-    log_path = log_dir / f"server-{port}.log"
-    log = log_path.open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, str(HERE / "_serve.py"), str(port), *args],
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    server = LiveServer(f"http://127.0.0.1:{port}", proc, log_path, log)
-    deadline = time.monotonic() + SERVER_START_S
-    while True:
-        if proc.poll() is not None:
-            tail = server.log_tail()
-            server.stop()
-            pytest.fail(f"the test server exited with {proc.returncode}:\n{tail}")
-        try:
-            if httpx.get(f"{server.url}/list-apps", timeout=1).status_code == 200:
-                _warm_up(server.url)
-                return server
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            tail = server.log_tail()
-            server.stop()
-            pytest.fail(f"the test server did not start in {SERVER_START_S:.0f} s:\n{tail}")
-        time.sleep(0.1)
+def start_server(log_dir: Path, *, plain: bool = False) -> ServerProcess:
+    """``adk-cancel api_server samples/ --chat`` (with ``plain``: ADK's own ``adk
+    api_server``, no cancellation and no chat page), started and warmed up."""
+    args = MEMORY_SERVICES if plain else (*MEMORY_SERVICES, "--chat")
+    server = ServerProcess(SAMPLES, *args, log_path=log_dir / "server.log", plain=plain)
+    server.start(timeout_s=SERVER_START_S)
+    try:
+        _warm_up(server.url)
+    except BaseException:
+        server.stop()
+        raise
+    return server
 
 
 def _warm_up(url: str) -> None:
@@ -138,17 +79,8 @@ def _warm_up(url: str) -> None:
     before a test times anything."""
     session = httpx.post(f"{url}/apps/{APP}/users/warm-up/sessions", json={}, timeout=30)
     session.raise_for_status()
-    run = httpx.post(
-        f"{url}/run",
-        json={
-            "appName": APP,
-            "userId": "warm-up",
-            "sessionId": session.json()["id"],
-            "newMessage": {"role": "user", "parts": [{"text": "quick"}]},
-        },
-        timeout=30,
-    )
-    run.raise_for_status()
+    body = run_body(session.json()["id"], "quick", app=APP, user="warm-up")
+    httpx.post(f"{url}/run", json=body, timeout=30).raise_for_status()
 
 
 # Package scope, not session: sync Playwright keeps an event loop running in this thread
@@ -167,15 +99,15 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture(scope="package")
-def server(browser: Browser, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """One server for the session (started after the browser check, so a skip is cheap)."""
+def server(browser: Browser, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server for the package (started after the browser check, so a skip is cheap)."""
     live = start_server(tmp_path_factory.mktemp("server"))
     yield live
     live.stop()
 
 
 @pytest.fixture
-def fresh_server(browser: Browser, tmp_path: Path) -> Iterator[LiveServer]:
+def fresh_server(browser: Browser, tmp_path: Path) -> Iterator[ServerProcess]:
     """A server of the test's own, which the test may stop."""
     live = start_server(tmp_path)
     yield live
@@ -183,9 +115,15 @@ def fresh_server(browser: Browser, tmp_path: Path) -> Iterator[LiveServer]:
 
 
 @pytest.fixture
-def plain_adk_server(browser: Browser, tmp_path: Path) -> Iterator[LiveServer]:
-    """ADK's own server with the chat page but without adk-cancel."""
-    live = start_server(tmp_path, "plain")
+def plain_adk_server(page: Page, tmp_path: Path) -> Iterator[ServerProcess]:
+    """ADK's own server, without adk-cancel; the page's ``/chat`` comes from the browser
+    (the same page ``adk_cancel.chat`` serves), so it talks to ADK's routes alone."""
+    live = start_server(tmp_path, plain=True)
+
+    def chat_page(route: Route) -> None:
+        route.fulfill(status=200, content_type="text/html", body=render_chat_page())
+
+    page.route(f"{live.url}/chat*", chat_page)
     yield live
     live.stop()
 

@@ -5,28 +5,36 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import httpx
 import pytest
 
-if TYPE_CHECKING:
-    from .conftest import LiveServer
+from adk_cancel.testing import ServerProcess, session_path
 
 pytest.importorskip(
     "playwright.sync_api",
     reason="browser tests need the playwright Python package (pip install playwright)",
 )
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Page, Route, expect
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(60)]
 
 APP = "slow_agent"
+USER = "chat-user"  # the page's default user
 STOP_WITHIN_S = 1.0
 AGENT = "[data-testid=message-agent]"
 
 
-def open_chat(page: Page, server: LiveServer) -> None:
+def runs(server: ServerProcess, session_id: str, app: str = APP) -> list[dict[str, Any]]:
+    """The active runs the server's registry holds for a session."""
+    r = httpx.get(server.url + session_path(session_id, app, USER) + "/runs", timeout=5)
+    r.raise_for_status()
+    listed: list[dict[str, Any]] = r.json()["runs"]
+    return listed
+
+
+def open_chat(page: Page, server: ServerProcess) -> None:
     page.goto(f"{server.url}/chat?app={APP}")
     expect(page.get_by_label("Agent")).to_have_value(APP)
     expect(page.get_by_test_id("send-button")).to_have_text("Send")
@@ -56,7 +64,7 @@ def session_id(page: Page) -> str:
     return sid
 
 
-def stop_and_check(page: Page, server: LiveServer, index: int, press: str | None) -> str:
+def stop_and_check(page: Page, server: ServerProcess, index: int, press: str | None) -> str:
     """Stop the running answer (Stop button, or a key) and check everything a stop promises.
 
     Returns the partial text that stays on the page.
@@ -75,8 +83,8 @@ def stop_and_check(page: Page, server: LiveServer, index: int, press: str | None
     # Stop asked the server to cancel the run (and did not just drop the connection).
     assert cancel.value.request.method == "POST"
     assert cancel.value.status == 200
-    runs = cancel.value.json()["runs"]
-    assert [r["stopped_by"] for r in runs] == ["abort"], runs
+    cancelled = cancel.value.json()["runs"]
+    assert [r["stopped_by"] for r in cancelled] == ["abort"], cancelled
     assert elapsed < STOP_WITHIN_S, f"the stream took {elapsed:.2f} s to end"
     expect(button).to_have_text("Send")
     # The server, not the page's fallback abort, ended the stream with its cancelled event.
@@ -84,7 +92,7 @@ def stop_and_check(page: Page, server: LiveServer, index: int, press: str | None
     expect(answer.get_by_test_id("stopped-badge")).to_have_text("Stopped")
     expect(page.get_by_test_id("status")).to_contain_text("Stopped (")
     expect(page.get_by_test_id("error")).to_be_hidden()
-    assert server.runs(session_id(page)) == []
+    assert runs(server, session_id(page)) == []
 
     partial = answer.get_by_test_id("agent-text").first.inner_text()
     assert len(partial) >= 20, partial
@@ -96,7 +104,7 @@ def stop_and_check(page: Page, server: LiveServer, index: int, press: str | None
 
 
 def test_stop_button_stops_a_tool_call_and_the_session_goes_on(
-    page: Page, server: LiveServer, artifacts: Path
+    page: Page, server: ServerProcess, artifacts: Path
 ) -> None:
     open_chat(page, server)
     # The sample streams a sentence, then calls slow_lookup, which takes 30 s.
@@ -126,11 +134,11 @@ def test_stop_button_stops_a_tool_call_and_the_session_goes_on(
     expect(page.get_by_test_id("error")).to_be_hidden()
     assert session_id(page) == first_session
     expect(answer).to_have_attribute("data-state", "stopped")
-    assert server.runs(first_session) == []
+    assert runs(server, first_session) == []
     page.screenshot(path=str(artifacts / "chat-stopped-then-answered.png"))
 
 
-def test_escape_stops_streaming_text_and_keys_work(page: Page, server: LiveServer) -> None:
+def test_escape_stops_streaming_text_and_keys_work(page: Page, server: ServerProcess) -> None:
     open_chat(page, server)
     box = page.get_by_label("Message")
     box.fill("words 80")  # the sample streams 80 words, 0.1 s apart
@@ -149,7 +157,7 @@ def test_escape_stops_streaming_text_and_keys_work(page: Page, server: LiveServe
     stop_and_check(page, server, 0, press="Escape")
 
 
-def test_http_error_detail_is_shown(page: Page, server: LiveServer) -> None:
+def test_http_error_detail_is_shown(page: Page, server: ServerProcess) -> None:
     open_chat(page, server)
     # An app the server does not know (as if it went away after the page loaded).
     page.evaluate(
@@ -171,10 +179,10 @@ def test_http_error_detail_is_shown(page: Page, server: LiveServer) -> None:
     expect(page.get_by_label("Message")).to_have_value("hello?")
     expect(page.locator(AGENT)).to_have_count(0)
     expect(page.get_by_test_id("message-user")).to_have_count(0)
-    assert server.runs(session_id(page), app="no_such_app") == []
+    assert runs(server, session_id(page), app="no_such_app") == []
 
 
-def test_server_going_down_is_shown(page: Page, fresh_server: LiveServer) -> None:
+def test_server_going_down_is_shown(page: Page, fresh_server: ServerProcess) -> None:
     open_chat(page, fresh_server)
     send(page, "words 80")
     wait_for_streamed_text(page, 0)
@@ -194,13 +202,13 @@ def test_server_going_down_is_shown(page: Page, fresh_server: LiveServer) -> Non
     expect(page.get_by_test_id("message-user")).to_have_count(1)
 
 
-def test_cancel_from_elsewhere_shows_as_stopped(page: Page, server: LiveServer) -> None:
+def test_cancel_from_elsewhere_shows_as_stopped(page: Page, server: ServerProcess) -> None:
     open_chat(page, server)
     send(page, "words 80")
     wait_for_streamed_text(page, 0)
     # Another client (a second tab, a script) cancels the run.
     r = httpx.post(
-        f"{server.url}/apps/{APP}/users/chat-user/sessions/{session_id(page)}:cancel",
+        server.url + session_path(session_id(page), APP, USER) + ":cancel",
         json={"reason": "operator says stop"},
         timeout=10,
     )
@@ -238,7 +246,7 @@ CANNED_STREAM = "".join(
 )
 
 
-def test_stream_rendering_and_a_mid_stream_error(page: Page, server: LiveServer) -> None:
+def test_stream_rendering_and_a_mid_stream_error(page: Page, server: ServerProcess) -> None:
     """Canned events (CRLF line ends): the final event does not repeat the streamed text,
     tool calls are compact lines, thoughts are hidden, a mid-stream error is shown."""
     page.route(
@@ -260,9 +268,10 @@ def test_stream_rendering_and_a_mid_stream_error(page: Page, server: LiveServer)
     expect(page.get_by_test_id("send-button")).to_have_text("Send")
     expect(answer.get_by_text("slow_agent")).to_have_count(0)
     expect(answer).to_contain_text("bot")
+    expect(answer.get_by_test_id("typing")).to_have_count(0)
 
 
-def test_stop_right_after_send(page: Page, server: LiveServer) -> None:
+def test_stop_right_after_send(page: Page, server: ServerProcess) -> None:
     """Stop before the first token: the run still ends, and the session takes the next turn."""
     open_chat(page, server)
     page.get_by_test_id("new-session").click()
@@ -275,14 +284,15 @@ def test_stop_right_after_send(page: Page, server: LiveServer) -> None:
     # Whichever wins, the cancel (200) or the run's registration (the cancel gets a 404 and
     # the page drops the connection, which cancels the run too), the run ends.
     expect(answer).to_have_attribute("data-state", "stopped", timeout=2_000)
+    expect(answer.get_by_test_id("typing")).to_have_count(0)  # no longer waiting for a token
     expect(page.get_by_test_id("send-button")).to_have_text("Send")
     expect(page.get_by_test_id("error")).to_be_hidden()
     sid = session_id(page)
     for _ in range(20):  # the server may still be unwinding a run the page aborted
-        if not server.runs(sid):
+        if not runs(server, sid):
             break
         time.sleep(0.05)
-    assert server.runs(sid) == []
+    assert runs(server, sid) == []
 
     send(page, "quick question: are you still there?")
     second = page.locator(AGENT).nth(1)
@@ -291,7 +301,7 @@ def test_stop_right_after_send(page: Page, server: LiveServer) -> None:
 
 
 def test_stop_falls_back_to_dropping_the_stream_without_adk_cancel(
-    page: Page, plain_adk_server: LiveServer
+    page: Page, plain_adk_server: ServerProcess
 ) -> None:
     """On a server without the :cancel route, Stop still ends the answer (by aborting)."""
     open_chat(page, plain_adk_server)
@@ -306,3 +316,83 @@ def test_stop_falls_back_to_dropping_the_stream_without_adk_cancel(
     text = answer.get_by_test_id("agent-text").inner_text()
     time.sleep(0.5)
     assert answer.get_by_test_id("agent-text").inner_text() == text
+
+
+def test_the_server_address_leads_to_the_chat(page: Page, server: ServerProcess) -> None:
+    """A person who opens the address the server printed lands on the chat page."""
+    page.goto(server.url)
+    assert page.url == f"{server.url}/chat"
+    expect(page.get_by_label("Agent")).to_contain_text(APP)
+    expect(page.get_by_test_id("send-button")).to_have_text("Send")
+
+
+def test_reading_the_prompt_shows_until_the_first_token(page: Page, server: ServerProcess) -> None:
+    """A local model takes many seconds to read the prompt: the answer shows a typing
+    indicator and the seconds waited, until the first token arrives."""
+    held: list[Route] = []
+    # Hold the request, as a slow model holds its first token; release it below.
+    page.route("**/run_sse", lambda route: held.append(route))
+    open_chat(page, server)
+    send(page, "words 5")
+    answer = page.locator(AGENT).first
+    typing = answer.get_by_test_id("typing")
+    expect(typing).to_be_visible()
+    expect(typing).to_contain_text("Reading the prompt")
+    expect(answer).to_have_attribute("data-state", "streaming")
+    expect(answer).to_have_attribute("aria-busy", "true")
+    # The seconds count up while nothing has arrived.
+    expect(typing.get_by_test_id("typing-elapsed")).to_have_text("2 s", timeout=4_000)
+    expect(answer.get_by_test_id("agent-text")).to_have_count(0)
+    expect(page.get_by_test_id("send-button")).to_have_text("Stop")
+    assert len(held) == 1
+
+    held[0].continue_()
+    wait_for_streamed_text(page, 0, min_chars=1)  # the first token
+    expect(typing).to_have_count(0)
+    expect(answer).to_have_attribute("data-state", "done")
+    expect(answer.get_by_test_id("agent-text")).to_have_text("word0 word1 word2 word3 word4")
+    expect(typing).to_have_count(0)
+
+
+RECORD_TRANSCRIPT = """() => {
+  window.seenInTranscript = [];
+  new MutationObserver((records) => {
+    for (const record of records) {
+      for (const [sign, nodes] of [["+", record.addedNodes], ["-", record.removedNodes]]) {
+        for (const node of nodes) {
+          if (node.dataset?.testid) window.seenInTranscript.push(sign + node.dataset.testid);
+        }
+      }
+    }
+  }).observe(document.getElementById("transcript"), { childList: true, subtree: true });
+}"""
+
+
+def test_reading_the_prompt_shows_again_after_a_tool_result(
+    page: Page, server: ServerProcess
+) -> None:
+    """After a tool answers, the model reads the prompt again: the indicator comes back
+    until its next token, and goes for good when the run is done."""
+    open_chat(page, server)
+    page.evaluate(RECORD_TRANSCRIPT)
+    send(page, "tool 1")  # a short sentence, a 1 s tool call, then "The lookup is done."
+    answer = page.locator(AGENT).first
+    expect(answer).to_have_attribute("data-state", "done", timeout=10_000)
+    expect(answer.get_by_test_id("agent-text")).to_have_text(
+        ["Looking it up.", "The lookup is done."]
+    )
+    seen = [
+        change
+        for change in page.evaluate("window.seenInTranscript")
+        if change.endswith(("typing", "agent-text", "tool-call", "tool-result"))
+    ]
+    assert seen == [
+        "+typing",  # sent: the model reads the prompt
+        "-typing",
+        "+agent-text",  # "Looking it up."
+        "+tool-call",
+        "+tool-result",
+        "+typing",  # the model reads the tool's result
+        "-typing",
+        "+agent-text",  # "The lookup is done."
+    ], seen

@@ -88,17 +88,17 @@ def test_prepare_is_atomic_and_idempotent(tmp_path: Path) -> None:
 
 def test_cli_prepare_and_list(tmp_path: Path) -> None:
     runner = CliRunner()
-    result = runner.invoke(models, ["prepare", "tiny-random", "--cache-dir", str(tmp_path)])
+    result = runner.invoke(models, ["prepare", "tiny-random", "--cache_dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     path = Path(result.stdout.strip().splitlines()[-1])
     assert path == tmp_path / "tiny-random-qwen2-v1" and (path / "config.json").is_file()
 
-    listed = runner.invoke(models, ["list", "--cache-dir", str(tmp_path)])
+    listed = runner.invoke(models, ["list", "--cache_dir", str(tmp_path)])
     assert listed.exit_code == 0
     assert "mlx/tiny-random\n" in listed.output and str(path) in listed.output
     assert "mlx/smollm2-135m" in listed.output
 
-    unknown = runner.invoke(models, ["prepare", "gpt-17", "--cache-dir", str(tmp_path)])
+    unknown = runner.invoke(models, ["prepare", "gpt-17", "--cache_dir", str(tmp_path)])
     assert unknown.exit_code != 0 and "Unknown model 'gpt-17'" in unknown.output
 
 
