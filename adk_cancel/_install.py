@@ -84,20 +84,29 @@ def _with_registry(
 ) -> Callable[[Any], contextlib.AbstractAsyncContextManager[Any]]:
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[Any]:
-        await registry.start()
+        # One app can be started more than once, even overlapping (test clients): the
+        # first start opens the registry, the last stop drains and closes it.
+        first = registry.lifespans == 0
+        registry.lifespans += 1
         shutdown = GracefulShutdown(registry, registry.options.shutdown_grace_s)
         try:
-            shutdown.install()
+            if first:
+                registry.accepting = True
+                await registry.start()
+                shutdown.install()
             async with inner(app) as state:
                 yield state
         finally:
+            registry.lifespans -= 1
             try:
                 await shutdown.aclose()
-                # Whatever is left (a server stopped without a signal) ends here, sealed.
-                await drain(registry, 0)
-                await registry.stop()
+                if registry.lifespans == 0:
+                    # Whatever is left (a server stopped without a signal) ends here, sealed.
+                    await drain(registry, 0)
+                    await registry.stop()
             finally:
-                await run_app_shutdown_hooks()
+                if registry.lifespans == 0:
+                    await run_app_shutdown_hooks()
 
     return lifespan
 

@@ -154,6 +154,8 @@ class RunRegistry:
         self.plugin_installed = True
         self.accepting = True
         """False once the server is shutting down: new runs are refused."""
+        self.lifespans = 0
+        """How many starts of the app are running (the app's lifespan keeps count)."""
         self._by_key: dict[SessionKey, dict[str, RunEntry]] = {}
         self._idle = asyncio.Event()
         self._idle.set()

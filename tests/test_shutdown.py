@@ -153,3 +153,19 @@ def test_a_signal_lets_runs_finish_then_cancels_the_rest_and_exits_0(
             assert _stored_unanswered(db, sid) == []
         left = redis.Redis.from_url(redis_server.url).keys(f"{prefix}*")
         assert left == [], left
+
+
+def test_an_app_started_again_after_its_shutdown_takes_runs() -> None:
+    from fastapi.testclient import TestClient
+    from support import build_app
+
+    app = build_app()
+    for _ in range(2):
+        with TestClient(app) as client:
+            sid = _new_session_on(client)
+            answer = client.post("/run", json=run_body(sid, "quick"))
+            assert answer.status_code == 200, answer.text
+
+
+def _new_session_on(client: Any) -> str:
+    return str(client.post("/apps/slow_agent/users/u/sessions", json={}).json()["id"])
