@@ -12,8 +12,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ._abort_source import bind_abort_source, current_abort_probe
     from ._install import PLUGIN_PATH, get_fast_api_app, install
-    from ._middleware import WS_CLOSE_CANCELLED, CancelMiddleware
+    from ._middleware import CancelMiddleware
     from ._models import (
         CancelledRun,
         CancelRequest,
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from ._plugin import CANCEL_PLUGIN, CancelPlugin
     from ._registry import RunRegistry
     from ._repair import RepairFailed, repair_session
+    from ._response import WS_CLOSE_CANCELLED
 
 __version__ = "0.1.0"
 
@@ -46,6 +48,8 @@ __all__ = [
     "RunRegistry",
     "RunsResponse",
     "SessionKey",
+    "bind_abort_source",
+    "current_abort_probe",
     "get_fast_api_app",
     "install",
     "repair_session",
@@ -54,10 +58,12 @@ __all__ = [
 # Where each public name lives. They are imported on first use, not with the package: they
 # import ADK (about 2 s), and `adk-cancel --help`, `cancel` and `runs` need none of it.
 _HOME = {
+    "bind_abort_source": "._abort_source",
+    "current_abort_probe": "._abort_source",
     "PLUGIN_PATH": "._install",
     "get_fast_api_app": "._install",
     "install": "._install",
-    "WS_CLOSE_CANCELLED": "._middleware",
+    "WS_CLOSE_CANCELLED": "._response",
     "CancelMiddleware": "._middleware",
     "CancelledRun": "._models",
     "CancelRequest": "._models",

@@ -47,19 +47,19 @@ import json
 import logging
 import sys
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, MutableMapping
 from typing import Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs
 
 import anyio
 
 if sys.version_info < (3, 11):
-    from exceptiongroup import BaseExceptionGroup
+    pass
 
 from ._models import Route, SessionKey, is_unicode_text
 from ._registry import RunEntry, RunRegistry, current_run
 from ._repair import RepairFailed, repair_session
+from ._response import Response, json_response
 
 logger = logging.getLogger("adk_cancel")
 
@@ -69,17 +69,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-WS_CLOSE_CANCELLED = 4000
-"""WebSocket close code sent to a /run_live client whose run was cancelled."""
-
 WS_CLOSE_SHUTTING_DOWN = 1012
 """WebSocket close code ("service restart") for a /run_live that arrives during shutdown."""
-
-CANCEL_HEADER = b"x-adk-cancel"
-"""Response header on a /run or /run_sse response whose run was cancelled."""
-
-REASON_HEADER = b"x-adk-cancel-reason"
-"""Beside it: why (percent-encoded where not printable ASCII)."""
 
 FORCE_RETRY_S = 0.05
 DRAIN_S = 1.0
@@ -88,8 +79,6 @@ MAX_WRITE_WAIT_S = 10.0
 going for ever)."""
 
 _HTTP_ROUTES: dict[str, Route] = {"/run": "run", "/run_sse": "run_sse"}
-_ADK_ERROR_CHUNK = b'data: {"error": '
-"""How ADK's /run_sse reports an exception of the run, as its last chunk."""
 
 
 class _Refused(Exception):
@@ -136,159 +125,10 @@ def _key_from_body(body: bytes, default_app: str | None) -> SessionKey | None:
     return SessionKey(app, user, session)
 
 
-def cancelled_event(entry: RunEntry) -> dict[str, Any]:
-    """The final event a cancelled /run_sse stream (or a forced /run) carries."""
-    reason = entry.cancel_reason or "cancelled"
-    return {
-        "id": uuid.uuid4().hex,
-        "author": "adk-cancel",
-        "invocationId": entry.invocation_id,
-        "errorCode": "CANCELLED",
-        "errorMessage": f"Run cancelled: {reason}",
-        "timestamp": time.time(),
-        "cancelled": {
-            "reason": reason,
-            "invocationId": entry.invocation_id,
-            "runId": entry.run_id,
-            "stoppedBy": entry.stopped_by or entry.stop_kind(),
-        },
-    }
-
-
-def _cancel_headers(entry: RunEntry) -> list[tuple[bytes, bytes]]:
-    reason = quote(entry.cancel_reason or "cancelled", safe=" !\"#$&'()*+,/:;<=>?@[]^`{|}~")
-    return [(CANCEL_HEADER, b"cancelled"), (REASON_HEADER, reason.encode("ascii"))]
-
-
-def _sse_chunk(entry: RunEntry) -> bytes:
-    return f"event: cancelled\ndata: {json.dumps(cancelled_event(entry))}\n\n".encode()
-
-
-def _json_response(status: int, payload: Any, *extra: tuple[bytes, bytes]) -> list[Message]:
-    body = json.dumps(payload).encode()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        *extra,
-    ]
-    return [
-        {"type": "http.response.start", "status": status, "headers": headers},
-        {"type": "http.response.body", "body": body},
-    ]
-
-
 def _outer_cancelled() -> bool:
     task = asyncio.current_task()
     cancelling = getattr(task, "cancelling", None)
     return bool(cancelling()) if cancelling is not None else False
-
-
-class _Response:
-    """Per-request record of what the app has sent, so adk-cancel never sends twice."""
-
-    def __init__(self, entry: RunEntry, send: Send) -> None:
-        self.entry = entry
-        self._send = send
-        self.started = False
-        self.ended = False
-        self.sse = False
-        self.cancel_event_sent = False
-        self.ws_closed = False
-
-    async def send(self, message: Message) -> None:
-        kind = message["type"]
-        entry = self.entry
-        if kind == "http.response.start":
-            self.started = True
-            headers = list(message.get("headers", []))
-            self.sse = any(
-                k.lower() == b"content-type" and v.startswith(b"text/event-stream")
-                for k, v in headers
-            )
-            if entry.cancel_reason is not None:
-                message = {**message, "headers": [*headers, *_cancel_headers(entry)]}
-        elif kind == "http.response.body":
-            if (
-                self.sse
-                and entry.cancel_reason is not None
-                and message.get("body", b"").startswith(_ADK_ERROR_CHUNK)
-            ):
-                # ADK's stream failed on its way out of the cancel (its seal write hit a
-                # stale session): the run is stopped all the same, and the session gets
-                # repaired; the client's answer is the cancel, not ADK's internal error.
-                entry.failed = True
-                logger.warning(
-                    "Run %s (session %s) reported an error after its cancel; repairing the "
-                    "session: %s",
-                    entry.invocation_id or entry.run_id,
-                    entry.key.session_id,
-                    message["body"][6:].decode(errors="replace").strip()[:500],
-                )
-                message = {**message, "body": b""}
-            if not message.get("more_body", False):
-                if self.sse and entry.cancel_reason is not None and not self.cancel_event_sent:
-                    self.cancel_event_sent = True
-                    await self._send(
-                        {"type": "http.response.body", "body": _sse_chunk(entry), "more_body": True}
-                    )
-                self.ended = True
-                if entry.cancel_reason is None:
-                    entry.ended = True
-        elif kind in ("websocket.close", "websocket.http.response.start"):
-            self.ws_closed = True
-        await self._send(message)
-
-    async def fail_http(self, exc: BaseException) -> None:
-        """The app raised before answering: say what went wrong, as JSON (Starlette would
-        answer a bare "Internal Server Error")."""
-        if self.started or self.entry.disconnected:
-            return
-        # The task group the app ran in wraps its error in an exception group.
-        while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-            exc = exc.exceptions[0]
-        detail = f"{type(exc).__name__}: {exc}"
-        for message in _json_response(500, {"detail": detail}):
-            await self._send(message)
-        self.started = self.ended = True
-
-    async def finish_http(self) -> None:
-        """Complete the response of a run that was cancelled by force."""
-        entry = self.entry
-        if self.ended or entry.disconnected:
-            return
-        if not self.started:
-            if entry.route == "run_sse":
-                body, ctype = _sse_chunk(entry), b"text/event-stream"
-            else:
-                body, ctype = json.dumps([cancelled_event(entry)]).encode(), b"application/json"
-            self.cancel_event_sent = entry.route == "run_sse"
-            await self._send(
-                {
-                    "type": "http.response.start",
-                    "status": 200,
-                    "headers": [
-                        (b"content-type", ctype),
-                        (b"content-length", str(len(body)).encode()),
-                        *_cancel_headers(entry),
-                    ],
-                }
-            )
-            await self._send({"type": "http.response.body", "body": body})
-        else:
-            body = b""
-            if self.sse and not self.cancel_event_sent:
-                self.cancel_event_sent = True
-                body = _sse_chunk(entry)
-            await self._send({"type": "http.response.body", "body": body})
-        self.ended = True
-
-    async def finish_ws(self) -> None:
-        entry = self.entry
-        if self.ws_closed or entry.disconnected:
-            return
-        reason = f"cancelled: {entry.cancel_reason}".encode()[:120].decode(errors="ignore")
-        await self._send({"type": "websocket.close", "code": WS_CLOSE_CANCELLED, "reason": reason})
-        self.ws_closed = True
 
 
 async def _end_tasks(tasks: Iterable[asyncio.Task[Any]]) -> None:
@@ -363,7 +203,7 @@ class CancelMiddleware:
                 raise _Refused(503, "The server is shutting down: send the run again.")
         except _Refused as refused:
             extra = [(b"connection", b"close")] if refused.status == 503 else []
-            for reply in _json_response(refused.status, {"detail": refused.detail}, *extra):
+            for reply in json_response(refused.status, {"detail": refused.detail}, *extra):
                 await send(reply)
             return
 
@@ -378,7 +218,7 @@ class CancelMiddleware:
 
         await self.registry.start()
         entry = self.registry.register(key, route)
-        response = _Response(entry, send)
+        response = Response(entry, send)
         app_done = False
 
         async def listen() -> None:
@@ -430,7 +270,7 @@ class CancelMiddleware:
 
         await self.registry.start()
         entry = self.registry.register(SessionKey(app, user, session), "run_live")
-        response = _Response(entry, send)
+        response = Response(entry, send)
         app_done = False
         # ADK's live handler reads and sends from tasks of its own, which it leaves behind
         # when it is cancelled: the tasks that touch the socket, and the run's producer, are

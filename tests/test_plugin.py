@@ -16,8 +16,7 @@ from google.adk.sessions import InMemorySessionService
 from google.genai import types
 from pydantic import Field
 
-from adk_cancel import CancelPlugin
-from adk_cancel._abort_source import current_abort_probe
+from adk_cancel import CancelPlugin, current_abort_probe
 
 pytestmark = pytest.mark.timeout(30)
 
