@@ -29,22 +29,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from adk_cancel.testing import RedisServer, ServerProcess, free_port
-from adk_cancel.testing.chaos import (
-    Chaos,
-    ChaosReport,
-    Worker,
-    api_events_reader,
-    sqlite_events_reader,
-)
+from adk_cancel.testing.chaos import Chaos, ChaosReport, one_worker, two_workers_on_sqlite
 
 ROOT = Path(__file__).resolve().parent.parent
 AGENTS = ROOT / "tests" / "agents"
 FLAGS = ("--artifact_service_uri=memory://", "--cancel_grace_s=0.3", "--no_chat")
-
-
-def _worker(server: ServerProcess) -> Worker:
-    return Worker(server.url, server.pid, server.log)
 
 
 async def _rounds(chaos: Chaos, operations: int, rounds: int) -> None:
@@ -53,51 +42,23 @@ async def _rounds(chaos: Chaos, operations: int, rounds: int) -> None:
 
 
 def soak_memory(args: argparse.Namespace, workdir: Path) -> ChaosReport:
-    flags = ("--session_service_uri=memory://", *FLAGS)
-    with ServerProcess(AGENTS, *flags, log_path=workdir / "memory.log") as server:
-        chaos = Chaos(
-            [_worker(server)],
-            api_events_reader(server.url),
-            seed=args.seed,
-            in_flight=args.in_flight,
-            stubborn_app="stubborn_agent",
-        )
+    chaos_args = {"seed": args.seed, "in_flight": args.in_flight, "stubborn_app": "stubborn_agent"}
+    with one_worker(AGENTS, workdir, *FLAGS, **chaos_args) as chaos:
         asyncio.run(_rounds(chaos, args.operations, args.rounds))
     return chaos.report
 
 
 def soak_redis(args: argparse.Namespace, workdir: Path) -> ChaosReport:
-    db = workdir / "sessions.db"
-    with RedisServer(free_port(), workdir) as redis:
-        flags = (f"--session_service_uri=sqlite:///{db}", f"--cancel_backend={redis.url}")
-        servers = [
-            ServerProcess(AGENTS, *flags, *FLAGS, log_path=workdir / f"worker-{i}.log")
-            for i in range(2)
-        ]
-        for server in servers:
-            server.start(wait=False)
-        try:
-            for server in servers:
-                server.wait_ready()
-            chaos = Chaos(
-                [_worker(s) for s in servers],
-                sqlite_events_reader(db),
-                seed=args.seed,
-                in_flight=args.in_flight,
-                shared_sessions=False,
-                stubborn_app="stubborn_agent",
-            )
+    chaos_args = {"seed": args.seed, "in_flight": args.in_flight, "stubborn_app": "stubborn_agent"}
+    with two_workers_on_sqlite(AGENTS, workdir, *FLAGS, **chaos_args) as (chaos, redis):
 
-            async def scenario() -> None:
-                half = args.operations // 2
-                await chaos.round(half, sessions=24)
-                await chaos.outage(redis.stop, redis.start, max(20, args.operations // 20))
-                await chaos.round(args.operations - half, sessions=24)
+        async def scenario() -> None:
+            half = args.operations // 2
+            await chaos.round(half, sessions=24)
+            await chaos.outage(redis.stop, redis.start, max(20, args.operations // 20))
+            await chaos.round(args.operations - half, sessions=24)
 
-            asyncio.run(scenario())
-        finally:
-            for server in servers:
-                server.stop()
+        asyncio.run(scenario())
     return chaos.report
 
 
@@ -116,7 +77,9 @@ def main() -> None:
             if args.setup not in (setup, "both"):
                 continue
             began = time.monotonic()
-            report = soak(args, Path(tmp))
+            workdir = Path(tmp) / setup
+            workdir.mkdir()
+            report = soak(args, workdir)
             took = time.monotonic() - began
             title = {
                 "memory": "one worker, memory:// sessions",

@@ -251,30 +251,30 @@ def client_on(service: BaseSessionService, **options: Any) -> Iterator[TestClien
         yield client
 
 
-class _SealFailsOnce(InMemorySessionService):
-    """Fails ADK's seal write once, as a stale write on a shared store does (two workers
-    writing one SQLite session)."""
+class _FlakySqlite(SqliteSessionService):
+    """A real SQLite session store whose seal writes (ADK's or adk-cancel's) fail the way a
+    concurrent writer makes them fail: ``StaleSessionError``."""
 
-    def __init__(self) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        self.failures_left = 0
+    def __init__(self, db_path: str) -> None:
+        super().__init__(db_path=db_path)
+        self.seal_failures_left = 0
 
     async def append_event(self, session: Any, event: Any) -> Any:
-        if self.failures_left and event.error_code == "INVOCATION_ABORTED":
-            self.failures_left -= 1
-            raise RuntimeError("stale session: the session was modified by another writer")
+        if self.seal_failures_left and event.error_code == "INVOCATION_ABORTED":
+            self.seal_failures_left -= 1
+            raise StaleSessionError("The session has been modified by another writer.")
         return await super().append_event(session, event)
 
 
 def test_run_that_fails_after_its_cancel_still_ends_cleanly(
-    observed: list[dict[str, Any]],
+    tmp_path: Path, observed: list[dict[str, Any]]
 ) -> None:
-    service = _SealFailsOnce()
+    service = _FlakySqlite(str(tmp_path / "sessions.db"))
     with client_on(service) as client:
         sid = new_session(client)
         thread, result = start_in_thread(lambda: client.post("/run", json=run_body(sid, "tool 30")))
         wait_for_tool(observed, sid)
-        service.failures_left = 1
+        service.seal_failures_left = 1
         response = client.post(session_path(sid) + ":cancel")
         assert response.status_code == 200, response.text
         (run,) = response.json()["runs"]
@@ -284,7 +284,7 @@ def test_run_that_fails_after_its_cancel_still_ends_cleanly(
         ran = result["response"]
         assert ran.status_code == 200 and ran.headers["x-adk-cancel"] == "cancelled"
         assert ran.json()[-1]["errorCode"] == "CANCELLED"
-        assert service.failures_left == 0 and active_runs(client, sid) == []
+        assert service.seal_failures_left == 0 and active_runs(client, sid) == []
         assert_follow_up_works(client, sid)
 
 
@@ -414,31 +414,20 @@ def test_a_run_that_fails_before_answering_gets_its_error_as_json(app: Any) -> N
         assert active_runs(client, sid, "failing_agent") == []
 
 
-class _FlakySqlite(SqliteSessionService):
-    """A real SQLite session store whose seal writes (ADK's or adk-cancel's) fail the way a
-    concurrent writer makes them fail: ``StaleSessionError``."""
-
-    def __init__(self, db_path: str) -> None:
-        super().__init__(db_path=db_path)
-        self.seal_failures_left = 0
-
-    async def append_event(self, session: Any, event: Any) -> Any:
-        if self.seal_failures_left and event.error_code == "INVOCATION_ABORTED":
-            self.seal_failures_left -= 1
-            raise StaleSessionError("The session has been modified by another writer.")
-        return await super().append_event(session, event)
-
-
-def stored_unanswered(db_path: str, sid: str, app: str = "slow_agent") -> list[Any]:
+def stored_events(db_path: str, sid: str, app: str = "slow_agent") -> list[Any]:
     """Read the session from the SQLite file with a fresh store: what the next worker sees."""
 
     async def read() -> list[Any]:
         store = SqliteSessionService(db_path=db_path)
         session = await store.get_session(app_name=app, user_id="u", session_id=sid)
         assert session is not None
-        return unanswered_calls(session.events)
+        return list(session.events)
 
     return asyncio.run(read())
+
+
+def stored_unanswered(db_path: str, sid: str) -> list[Any]:
+    return unanswered_calls(stored_events(db_path, sid))
 
 
 def test_run_sse_whose_seal_write_goes_stale_is_repaired(
@@ -527,14 +516,7 @@ def test_a_forced_cancel_during_a_session_write_lets_the_write_finish(tmp_path: 
         assert run["stopped_by"] == "force" and run["stop_ms"] >= 600
         assert active_runs(client, sid) == []
 
-    async def stored() -> list[Any]:
-        session = await SqliteSessionService(db_path=db).get_session(
-            app_name="slow_agent", user_id="u", session_id=sid
-        )
-        assert session is not None
-        return list(session.events)
-
-    events = asyncio.run(stored())
+    events = stored_events(db, sid)
     texts = [p.text for e in events if e.content for p in e.content.parts or [] if p.text]
     assert "tool 30 please" in texts, "the user's message was lost"
     assert [e.error_code for e in events if e.error_code] == ["INVOCATION_ABORTED"]

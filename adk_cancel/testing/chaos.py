@@ -25,16 +25,20 @@ import json
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
 import websockets
 
 from . import message, run_body, session_path, unanswered_calls
+
+if TYPE_CHECKING:
+    from . import RedisServer
 
 EventsReader = Callable[[str, str, str], Awaitable[list[Any]]]
 """``(app, user, session_id) -> stored events`` (ADK ``Event`` objects or their JSON)."""
@@ -383,6 +387,45 @@ class Chaos:
             ]
 
 
+@contextmanager
+def one_worker(agents_dir: str | Path, workdir: Path, *flags: str, **chaos: Any) -> Iterator[Chaos]:
+    """One ``adk-cancel api_server`` on ``memory://`` sessions, and a :class:`Chaos` on it
+    (``chaos`` are its keyword arguments); the server's log is ``workdir/worker-0.log``."""
+    from . import ServerProcess
+
+    args = ("--session_service_uri=memory://", *flags)
+    with ServerProcess(agents_dir, *args, log_path=workdir / "worker-0.log") as server:
+        worker = Worker(server.url, server.pid, server.log)
+        yield Chaos([worker], api_events_reader(server.url), **chaos)
+
+
+@contextmanager
+def two_workers_on_sqlite(
+    agents_dir: str | Path, workdir: Path, *flags: str, **chaos: Any
+) -> Iterator[tuple[Chaos, RedisServer]]:
+    """Two ``adk-cancel api_server`` processes sharing ``workdir/sessions.db`` through a
+    throwaway Redis, and a :class:`Chaos` on them (one run a session at a time: ADK itself
+    fails one of two concurrent runs of a session on a database store)."""
+    from . import RedisServer, ServerProcess, free_port
+
+    db = workdir / "sessions.db"
+    with RedisServer(free_port(), workdir) as redis:
+        args = (f"--session_service_uri=sqlite:///{db}", f"--cancel_backend={redis.url}", *flags)
+        servers = [
+            ServerProcess(agents_dir, *args, log_path=workdir / f"worker-{i}.log") for i in range(2)
+        ]
+        try:
+            for server in servers:
+                server.start(wait=False)
+            for server in servers:
+                server.wait_ready()
+            workers = [Worker(s.url, s.pid, s.log) for s in servers]
+            yield Chaos(workers, sqlite_events_reader(db), shared_sessions=False, **chaos), redis
+        finally:
+            for server in servers:
+                server.stop()
+
+
 def _rss_kb(pid: int | None) -> int:
     if pid is None:
         return 0
@@ -417,5 +460,13 @@ def api_events_reader(url: str) -> EventsReader:
     return read
 
 
-__all__ = ["BAD_LOG_MARKERS", "Chaos", "ChaosReport", "Worker", "api_events_reader",
-           "sqlite_events_reader"]  # fmt: skip
+__all__ = [
+    "BAD_LOG_MARKERS",
+    "Chaos",
+    "ChaosReport",
+    "Worker",
+    "api_events_reader",
+    "one_worker",
+    "sqlite_events_reader",
+    "two_workers_on_sqlite",
+]
