@@ -57,6 +57,7 @@ if sys.version_info < (3, 11):
     pass
 
 from ._models import Route, SessionKey, is_unicode_text
+from ._order import CancelOrder
 from ._registry import RunEntry, RunRegistry, current_run
 from ._repair import RepairFailed, repair_session
 from ._response import Response, json_response
@@ -123,6 +124,10 @@ def _key_from_body(body: bytes, default_app: str | None) -> SessionKey | None:
             "lone surrogate escape (such as \\ud800) in one of them",
         )
     return SessionKey(app, user, session)
+
+
+def _left(entry: RunEntry) -> CancelOrder:
+    return CancelOrder(entry.key, "client disconnected", cause="disconnect")
 
 
 def _outer_cancelled() -> bool:
@@ -231,7 +236,7 @@ class CancelMiddleware:
                 pass
             entry.disconnected = True
             if not app_done:
-                entry.request_cancel("client disconnected")
+                entry.request_cancel(_left(entry))
 
         try:
             await self._run(entry, route, lambda: self.app(scope, replay, response.send), listen)
@@ -287,7 +292,7 @@ class CancelMiddleware:
             if message["type"] == "websocket.disconnect":
                 entry.disconnected = True
                 if not app_done:
-                    entry.request_cancel("client disconnected")
+                    entry.request_cancel(_left(entry))
             return message
 
         async def watch_send(message: Message) -> None:

@@ -9,6 +9,16 @@ from pydantic import BaseModel, ConfigDict, Field
 Route = Literal["run", "run_sse", "run_live"]
 """Which ADK route started a run."""
 
+CancelCause = Literal["request", "disconnect", "shutdown", "deadline", "busy"]
+"""Who or what cancelled a run: a ``:cancel`` request, the client leaving, the server
+shutting down, a run deadline, or the session's busy policy (a newer run replacing it)."""
+
+CancelAction = Literal["interrupt", "rollback"]
+"""What a cancel leaves in the session: the interrupted turn (sealed), or nothing of it."""
+
+RunStatus = Literal["queued", "running", "cancelling"]
+"""Where an active run is."""
+
 StoppedBy = Literal["abort", "force", "finished", "error"]
 """How a run ended after a cancel: ADK's cooperative abort, a forced task cancel, it
 finished on its own before the cancel took hold, or it raised on its way out (logged; the
@@ -70,6 +80,7 @@ class RunInfo(BaseModel):
     elapsed_ms: float = 0.0
     worker: str = Field(description="Id of the server process that holds the run.")
     cancelling: bool = False
+    status: RunStatus = "running"
 
 
 class CancelledRun(BaseModel):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from pydantic import TypeAdapter
 
-from ._models import SessionKey
+from ._models import CancelAction, CancelCause, SessionKey
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,10 @@ class CancelOrder:
     """Answer once every run has stopped (and its session is sealed), or once signalled."""
     timeout_s: float = 5.0
     """With ``wait``: answer after this long even if a run has not stopped."""
+    action: CancelAction = "interrupt"
+    """What the session keeps of the cancelled turn."""
+    cause: CancelCause = "request"
+    """Who or what cancels: shown in run records and metrics."""
 
     def matches(self, invocation_id: str | None) -> bool:
         """Whether a run with this invocation id is one the order is for."""

@@ -9,8 +9,9 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     from google.adk.sessions.base_session_service import BaseSessionService
 
 logger = logging.getLogger("adk_cancel")
+
+Message = MutableMapping[str, Any]
 
 WAIT_MARGIN_S = 3.0
 """How long past the grace period a waiting cancel request waits for a forced run to end."""
@@ -51,7 +54,8 @@ class RunEntry:
     producer: asyncio.Task[object] | None = None
     session_service: BaseSessionService | None = None
     writes: SessionWrites | None = None
-    cancel_reason: str | None = None
+    cancel_order: CancelOrder | None = None
+    """The order that cancelled the run (the first one: later ones are no-ops)."""
     cancel_mono: float | None = None
     forced: bool = False
     failed: bool = False
@@ -63,6 +67,13 @@ class RunEntry:
     repaired: bool = False
     cancel_requested: asyncio.Event = field(default_factory=asyncio.Event)
     finished: asyncio.Event = field(default_factory=asyncio.Event)
+    output_taps: list[Callable[[Message], None]] = field(default_factory=list)
+    """Called with every body chunk and websocket message the app sends its client (keep
+    them cheap: they run on every streamed event)."""
+
+    @property
+    def cancel_reason(self) -> str | None:
+        return self.cancel_order.reason if self.cancel_order is not None else None
 
     def attach(self, ic: InvocationContext, producer: asyncio.Task[object] | None) -> None:
         """Called from ADK's before_run_callback with the run's invocation context."""
@@ -73,22 +84,22 @@ class RunEntry:
         self.writes = session_writes(ic.session_service)
         session = ic.session
         self.registry._rekey(self, SessionKey(session.app_name, session.user_id, session.id))
-        if self.cancel_reason is not None:
+        if self.cancel_order is not None:
             # The cancel arrived while ADK was still loading the session: abort before the
             # agent starts, so it never runs.
             ic.abort()
         self.registry.backend.announce(self.info())
 
-    def request_cancel(self, reason: str) -> None:
+    def request_cancel(self, order: CancelOrder) -> None:
         """Signal a cancel; idempotent. The middleware's watcher does the rest."""
-        if self.cancel_reason is not None or self.finished.is_set():
+        if self.cancel_order is not None or self.finished.is_set():
             return
         if self.ended:
             # Too late: the answer is complete, and aborting now would only make the
             # outcome look like a stop (ADK's is_aborted flag is all that would change).
             self.stopped_by = "finished"
             return
-        self.cancel_reason = reason
+        self.cancel_order = order
         self.cancel_mono = time.monotonic()
         if self.invocation_context is not None:
             # Abort right here rather than in the watcher task: it saves a loop turn.
@@ -116,7 +127,8 @@ class RunEntry:
             started_at=self.started_at,
             elapsed_ms=round((time.monotonic() - self.started_mono) * 1000, 3),
             worker=self.registry.node_id,
-            cancelling=self.cancel_reason is not None,
+            cancelling=self.cancel_order is not None,
+            status="running" if self.cancel_order is None else "cancelling",
         )
 
     def outcome(self) -> CancelledRun:
@@ -154,6 +166,8 @@ class RunRegistry:
         self.plugin_installed = True
         self.accepting = True
         """False once the server is shutting down: new runs are refused."""
+        self.run_end_hooks: list[Callable[[RunEntry], None]] = []
+        """Called with each run as it leaves the registry, however it ended."""
         self.lifespans = 0
         """How many starts of the app are running (the app's lifespan keeps count)."""
         self._by_key: dict[SessionKey, dict[str, RunEntry]] = {}
@@ -200,7 +214,7 @@ class RunRegistry:
             e for e in self._by_key.get(order.key, {}).values() if order.matches(e.invocation_id)
         ]
         for entry in entries:
-            entry.request_cancel(order.reason)
+            entry.request_cancel(order)
         if order.wait:
             with anyio.move_on_after(order.timeout_s):
                 for entry in entries:
@@ -220,6 +234,11 @@ class RunRegistry:
         return entry
 
     def unregister(self, entry: RunEntry) -> None:
+        for hook in self.run_end_hooks:
+            try:
+                hook(entry)
+            except Exception:
+                logger.exception("adk-cancel: a run-end hook failed for run %s", entry.run_id)
         runs = self._by_key.get(entry.key)
         if runs is not None and runs.pop(entry.run_id, None) is not None and not runs:
             del self._by_key[entry.key]

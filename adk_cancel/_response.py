@@ -139,6 +139,8 @@ class Response:
                     entry.ended = True
         elif kind in ("websocket.close", "websocket.http.response.start"):
             self.ws_closed = True
+        for tap in entry.output_taps:
+            tap(message)
         await self._send(message)
 
     async def fail_http(self, exc: BaseException) -> None:

@@ -96,7 +96,9 @@ async def drain(registry: RunRegistry, grace_s: float, hurry: anyio.Event | None
 
     async with anyio.create_task_group() as tg:
         for key in keys:
-            order = CancelOrder(key, SHUTDOWN_REASON, timeout_s=registry.default_timeout_s())
+            order = CancelOrder(
+                key, SHUTDOWN_REASON, timeout_s=registry.default_timeout_s(), cause="shutdown"
+            )
             tg.start_soon(cancel, order)
     return cancelled
 
