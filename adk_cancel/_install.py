@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from ._middleware import CancelMiddleware
 from ._options import CancelOptions
 from ._registry import RunRegistry
+from ._rejoin import build_rejoin_router
 from ._routes import add_routes_first, build_router
 from ._shutdown import GracefulShutdown, drain, run_app_shutdown_hooks
 from ._writes import session_writes
@@ -70,6 +71,7 @@ def _install(app: FastAPI, settings: CancelOptions) -> RunRegistry:
             "adk_cancel.install() must run before the app starts serving requests"
         ) from exc
     add_routes_first(app, build_router(registry))
+    add_routes_first(app, build_rejoin_router(registry))
     app.router.lifespan_context = _with_registry(app.router.lifespan_context, registry)
     if settings.chat:
         from .chat import add_chat_route

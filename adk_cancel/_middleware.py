@@ -61,6 +61,7 @@ from ._order import CancelOrder
 from ._registry import RunEntry, RunRegistry, current_run
 from ._repair import RepairFailed, repair_session
 from ._response import Response, json_response
+from ._run_output import RunOutput, disconnect_policy
 
 logger = logging.getLogger("adk_cancel")
 
@@ -206,6 +207,10 @@ class CancelMiddleware:
             key = _key_from_body(body, self.default_app_name)
             if key is not None and not self.registry.accepting:
                 raise _Refused(503, "The server is shutting down: send the run again.")
+            try:
+                policy = disconnect_policy(scope, self.registry.options.on_disconnect)
+            except ValueError as bad_header:
+                raise _Refused(422, str(bad_header)) from bad_header
         except _Refused as refused:
             extra = [(b"connection", b"close")] if refused.status == 503 else []
             for reply in json_response(refused.status, {"detail": refused.detail}, *extra):
@@ -223,7 +228,8 @@ class CancelMiddleware:
 
         await self.registry.start()
         entry = self.registry.register(key, route)
-        response = Response(entry, send)
+        output = RunOutput.open(entry, send, policy)
+        response = Response(entry, output.send)
         app_done = False
 
         async def listen() -> None:
@@ -235,11 +241,21 @@ class CancelMiddleware:
             except OSError:
                 pass
             entry.disconnected = True
-            if not app_done:
+            if app_done:
+                pass
+            elif entry.on_disconnect == "continue":
+                entry.detached = True
+                self.registry.backend.announce(entry.info())
+            else:
                 entry.request_cancel(_left(entry))
 
         try:
-            await self._run(entry, route, lambda: self.app(scope, replay, response.send), listen)
+            await self._run(
+                entry,
+                route,
+                lambda: self.app(scope, replay, response.send),
+                output.with_forwarder(listen),
+            )
         except Exception as exc:
             await response.fail_http(exc)
             raise
@@ -248,6 +264,7 @@ class CancelMiddleware:
             await self._after(entry)
             if entry.cancel_reason is not None:
                 await response.finish_http()
+            await output.flush()
         except OSError:
             logger.debug("Client gone while finishing cancelled run %s", entry.run_id)
         finally:

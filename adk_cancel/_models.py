@@ -19,6 +19,10 @@ CancelAction = Literal["interrupt", "rollback"]
 RunStatus = Literal["queued", "running", "cancelling"]
 """Where an active run is."""
 
+DisconnectPolicy = Literal["cancel", "continue"]
+"""What a run's client leaving does: cancel the run (ADK's behaviour), or let it go on, its
+events kept so that any client can rejoin its stream."""
+
 StoppedBy = Literal["abort", "force", "finished", "error"]
 """How a run ended after a cancel: ADK's cooperative abort, a forced task cancel, it
 finished on its own before the cancel took hold, or it raised on its way out (logged; the
@@ -81,6 +85,15 @@ class RunInfo(BaseModel):
     worker: str = Field(description="Id of the server process that holds the run.")
     cancelling: bool = False
     status: RunStatus = "running"
+    on_disconnect: DisconnectPolicy = Field(
+        default="cancel",
+        description="What its client leaving does; with continue, a /run_sse run's events "
+        "can be rejoined (GET .../runs/{run_id}/events).",
+    )
+    detached: bool = Field(
+        default=False,
+        description="The run's client left and the run went on (disconnect policy continue).",
+    )
 
 
 class CancelledRun(BaseModel):

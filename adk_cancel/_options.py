@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
+from ._models import DisconnectPolicy
 from .backends import check_backend_url
 
 if TYPE_CHECKING:
@@ -21,6 +22,12 @@ DEFAULT_GRACE_S = 2.0
 
 DEFAULT_SHUTDOWN_GRACE_S = 10.0
 """How long active runs may go on after SIGINT/SIGTERM before they are cancelled."""
+
+DEFAULT_STREAM_MAX_EVENTS = 10_000
+DEFAULT_STREAM_MAX_BYTES = 4 * 1024 * 1024
+DEFAULT_STREAM_KEEP_S = 300.0
+"""A rejoinable run's event log: at most this many events and bytes (the oldest drop
+first), kept this long after the run ended."""
 
 
 def _seconds(name: str, value: float) -> None:
@@ -62,10 +69,45 @@ class CancelOptions:
     chat: bool = field(
         default=False, metadata={"help": "Serve the chat page with a Stop button at /chat."}
     )
+    on_disconnect: DisconnectPolicy = field(
+        default="cancel",
+        metadata={
+            "help": "What a /run or /run_sse client leaving does: cancel the run, or let it "
+            "continue (its /run_sse events kept for rejoining). A request's "
+            "X-ADK-On-Disconnect header overrides it."
+        },
+    )
+    stream_max_events: int = field(
+        default=DEFAULT_STREAM_MAX_EVENTS,
+        metadata={
+            "help": "Events kept per rejoinable run; beyond it the oldest drop, and a rejoin "
+            "from before them is answered 410."
+        },
+    )
+    stream_max_bytes: int = field(
+        default=DEFAULT_STREAM_MAX_BYTES,
+        metadata={
+            "help": "Bytes kept per rejoinable run (the newest event is always kept); beyond "
+            "it the oldest events drop."
+        },
+    )
+    stream_keep_s: float = field(
+        default=DEFAULT_STREAM_KEEP_S,
+        metadata={"help": "Seconds a rejoinable run's events can be replayed after it ended."},
+    )
 
     def __post_init__(self) -> None:
         _seconds("cancel_grace_s", self.cancel_grace_s)
         _seconds("shutdown_grace_s", self.shutdown_grace_s)
+        _seconds("stream_keep_s", self.stream_keep_s)
+        if self.on_disconnect not in ("cancel", "continue"):
+            raise ValueError(
+                f"on_disconnect must be 'cancel' or 'continue', got {self.on_disconnect!r}"
+            )
+        for name in ("stream_max_events", "stream_max_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
         if isinstance(self.cancel_backend, str):
             check_backend_url(self.cancel_backend)
 

@@ -15,11 +15,18 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._models import CancelledRun, Route, RunInfo, SessionKey, StoppedBy
+from ._models import CancelledRun, DisconnectPolicy, Route, RunInfo, SessionKey, StoppedBy
 from ._options import CancelOptions
 from ._order import CancelOrder
+from ._stream import RunStream, RunStreams
 from ._writes import SessionWrites, session_writes
-from .backends import BackendUnavailable, CancelBackend, backend_from_url
+from .backends import (
+    BackendUnavailable,
+    CancelBackend,
+    MemoryBackend,
+    StreamBackend,
+    backend_from_url,
+)
 
 if TYPE_CHECKING:
     from google.adk.agents.invocation_context import InvocationContext
@@ -60,6 +67,9 @@ class RunEntry:
     forced: bool = False
     failed: bool = False
     disconnected: bool = False
+    on_disconnect: DisconnectPolicy = "cancel"
+    detached: bool = False
+    """The client left and the run went on (disconnect policy ``continue``)."""
     ended: bool = False
     """The run ended on its own (its answer was complete) before any cancel reached it."""
     stopped_by: StoppedBy | None = None
@@ -129,6 +139,8 @@ class RunEntry:
             worker=self.registry.node_id,
             cancelling=self.cancel_order is not None,
             status="running" if self.cancel_order is None else "cancelling",
+            on_disconnect=self.on_disconnect,
+            detached=self.detached,
         )
 
     def outcome(self) -> CancelledRun:
@@ -171,6 +183,15 @@ class RunRegistry:
         self.lifespans = 0
         """How many starts of the app are running (the app's lifespan keeps count)."""
         self._by_key: dict[SessionKey, dict[str, RunEntry]] = {}
+        backend = self.backend
+        self.streams = RunStreams(
+            self.options,
+            backend.publish_events
+            if isinstance(backend, StreamBackend) and not isinstance(backend, MemoryBackend)
+            else None,
+        )
+        """The event logs of rejoinable runs (``_stream.py``)."""
+        self.run_end_hooks.append(self.streams.run_ended)
         self._idle = asyncio.Event()
         self._idle.set()
         self._started = False
@@ -220,6 +241,10 @@ class RunRegistry:
                 for entry in entries:
                     await entry.finished.wait()
         return [e.outcome() for e in entries]
+
+    def streams_here(self) -> list[RunStream]:
+        """The event logs this process keeps."""
+        return self.streams.here()
 
     # -- used by the middleware and the routes ---------------------------------------------
 

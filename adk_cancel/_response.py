@@ -146,7 +146,7 @@ class Response:
     async def fail_http(self, exc: BaseException) -> None:
         """The app raised before answering: say what went wrong, as JSON (Starlette would
         answer a bare "Internal Server Error")."""
-        if self.started or self.entry.disconnected:
+        if self.started or (self.entry.disconnected and not self.entry.detached):
             return
         # The task group the app ran in wraps its error in an exception group.
         while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
@@ -159,8 +159,8 @@ class Response:
     async def finish_http(self) -> None:
         """Complete the response of a run that was cancelled by force."""
         entry = self.entry
-        if self.ended or entry.disconnected:
-            return
+        if self.ended or (entry.disconnected and not entry.detached):
+            return  # a detached run's answer still goes into its log, for its followers
         if not self.started:
             if entry.route == "run_sse":
                 body, ctype = _sse_chunk(entry), b"text/event-stream"

@@ -65,6 +65,7 @@ async def drain(registry: RunRegistry, grace_s: float, hurry: anyio.Event | None
     """Refuse new runs, give active ones ``grace_s`` (or until ``hurry`` is set) to end on
     their own, then cancel the rest and wait for them; returns how many were cancelled."""
     registry.accepting = False
+    registry.streams.close()
     began = anyio.current_time()
     with anyio.move_on_after(grace_s):
         async with anyio.create_task_group() as tg:

@@ -22,7 +22,7 @@ from support import TEST_AGENTS, build_app, memory_services, run_body, session_p
 
 import adk_cancel
 from adk_cancel import WS_CLOSE_CANCELLED, CancelOrder
-from adk_cancel.testing import unanswered_calls
+from adk_cancel.testing import parse_sse, unanswered_calls
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -109,12 +109,14 @@ def test_run_sse_cancel_ends_stream_with_cancelled_event(
     assert response.json()["runs"][0]["stopped_by"] == "abort"
     thread.join(5)
     body = result["response"].text
-    chunks = [c for c in body.split("\n\n") if c.strip()]
-    assert chunks[-1].startswith("event: cancelled\ndata: ")
-    final = json.loads(chunks[-1].split("data: ", 1)[1])
+    events = parse_sse(body)
+    # Every event carries its id, the cancelled one too.
+    assert [e.id for e in events] == list(range(1, len(events) + 1))
+    assert events[-1].event == "cancelled"
+    final = events[-1].json()
     assert final["errorCode"] == "CANCELLED" and final["cancelled"]["reason"] == "stop it"
     assert final["invocationId"] == response.json()["runs"][0]["invocation_id"]
-    partials = [json.loads(c[len("data: ") :]) for c in chunks[:-1]]
+    partials = [e.json() for e in events[:-1]]
     assert any(p.get("partial") for p in partials), "the stream carried partial text first"
     assert any(o["event"] == "tool_cancelled" for o in observed)
     assert active_runs(client, sid) == []
@@ -187,8 +189,8 @@ def test_force_cancel_on_run_sse_ends_stream(
     assert response.json()["runs"][0]["stopped_by"] == "force"
     thread.join(5)
     assert not thread.is_alive()
-    last = [c for c in result["response"].text.split("\n\n") if c.strip()][-1]
-    assert last.startswith("event: cancelled") and '"stoppedBy": "force"' in last
+    last = parse_sse(result["response"].text)[-1]
+    assert last.event == "cancelled" and last.json()["cancelled"]["stoppedBy"] == "force"
     assert_follow_up_works(client, sid, "stubborn_agent")
 
 

@@ -12,7 +12,7 @@ import importlib.util
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from ._base import BackendUnavailable, CancelBackend, LocalNode
+from ._base import BackendUnavailable, CancelBackend, LocalNode, StreamBackend
 from .memory import MemoryBackend
 
 if TYPE_CHECKING:
@@ -28,6 +28,7 @@ __all__ = [
     "LocalNode",
     "MemoryBackend",
     "RedisBackend",
+    "StreamBackend",
     "backend_from_url",
     "check_backend_url",
 ]

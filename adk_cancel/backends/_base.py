@@ -4,6 +4,10 @@ Every server process keeps its own registry of the runs it holds (``LocalNode``)
 connects those registries across processes: it announces this process's runs to the others,
 lists and cancels runs held elsewhere, and hands cancels that arrive for this process to the
 local registry. ``memory://`` has no other processes; ``redis://`` reaches them through Redis.
+
+A backend that also implements :class:`StreamBackend` mirrors the event logs of rejoinable
+runs (``_stream.py``), so a client can rejoin a run's stream through any worker; without it, a
+run's stream can be rejoined only through the worker that holds it.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from typing import Protocol, runtime_checkable
 
 from .._models import CancelledRun, RunInfo, SessionKey
 from .._order import CancelOrder
+from .._stream import RunStream, StreamPage, StreamWrite
 
 
 class BackendUnavailable(RuntimeError):
@@ -37,6 +42,10 @@ class LocalNode(Protocol):
         """Cancel the order's runs this process holds; the outcome of each."""
         ...
 
+    def streams_here(self) -> list[RunStream]:
+        """The event logs this process keeps (a backend writes them again after an outage)."""
+        ...
+
 
 @runtime_checkable
 class CancelBackend(Protocol):
@@ -59,3 +68,21 @@ class CancelBackend(Protocol):
     async def list_remote(self, key: SessionKey) -> list[RunInfo]: ...
 
     async def cancel_remote(self, order: CancelOrder) -> list[CancelledRun]: ...
+
+
+@runtime_checkable
+class StreamBackend(Protocol):
+    """Optional part of a backend: the event logs of rejoinable runs, across processes.
+
+    ``publish_events`` is called for every event of such a run: like ``announce``, it must
+    neither block nor raise. ``read_events`` reads a log another process writes: the events
+    after id ``after`` (waiting up to ``wait_s`` for one when there are none yet); it returns
+    None when there are no other processes (``memory://``) and raises ``BackendUnavailable``
+    when they cannot be reached.
+    """
+
+    def publish_events(self, write: StreamWrite) -> None: ...
+
+    async def read_events(
+        self, key: SessionKey, run_id: str, after: int, wait_s: float
+    ) -> StreamPage | None: ...

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .._models import CancelledRun, RunInfo, SessionKey
 from .._order import CancelOrder
+from .._stream import StreamPage, StreamWrite
 from ._base import LocalNode
 
 
@@ -30,3 +31,11 @@ class MemoryBackend:
 
     async def cancel_remote(self, order: CancelOrder) -> list[CancelledRun]:
         return []
+
+    def publish_events(self, write: StreamWrite) -> None:
+        return None  # no other process to tell: the local log is the only one
+
+    async def read_events(
+        self, key: SessionKey, run_id: str, after: int, wait_s: float
+    ) -> StreamPage | None:
+        return None

@@ -8,6 +8,8 @@
 - :func:`run_body`, :func:`session_path`: request bodies and paths of ADK's API server.
 - :func:`unanswered_calls`: the invariant a cancel must keep, read from stored events;
   :func:`wait_for_call`: until a session has stored a function call (a run waits in a tool).
+- :func:`parse_sse` (:class:`SseEvent`): a stream's events as a client reads them;
+  :func:`events_path`: the route that rejoins a run's stream.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import httpx
 from ._node import SimpleNode
 from ._scripted import ScriptedLlm
 from ._servers import RedisServer, ServerProcess, free_port, serve
+from ._sse import SseEvent, events_path, parse_sse
 
 if TYPE_CHECKING:
     from google.adk.events.event import Event
@@ -32,8 +35,11 @@ __all__ = [
     "ScriptedLlm",
     "ServerProcess",
     "SimpleNode",
+    "SseEvent",
+    "events_path",
     "free_port",
     "message",
+    "parse_sse",
     "run_body",
     "serve",
     "session_path",

@@ -15,6 +15,7 @@ from typing import Any
 
 from .._models import CancelledRun, RunInfo, SessionKey
 from .._order import CancelOrder
+from .._stream import RunStream
 from ..backends import CancelBackend
 
 
@@ -48,6 +49,9 @@ class SimpleNode:
 
     def all_runs_here(self) -> list[RunInfo]:
         return [r.info for r in self.runs.values()]
+
+    def streams_here(self) -> list[RunStream]:
+        return []  # its runs stream nothing
 
     def start_run(
         self,
