@@ -22,10 +22,12 @@ from redis.asyncio import Redis
 
 from ..._models import CancelledRun, RunInfo, SessionKey
 from ..._order import CancelOrder
+from ..._stream import StreamPage, StreamWrite
 from .._base import BackendUnavailable, LocalNode
 from . import _options
 from ._keys import KeyLayout, show
 from ._link import FAILURES, Link, State, not_connected
+from ._streams import StreamReader
 from ._wire import CancelMessage, ReplyMessage, dump, parse_message, parse_run
 from ._writer import Op
 
@@ -85,6 +87,7 @@ class RedisBackend:
         self.key_prefix = _options.prefix(key_prefix, options)
         self._link: Link | None = None
         self._pending: dict[str, _Pending] = {}
+        self._reader = StreamReader(self.url, self.display_url, self.keys, self.op_timeout_s)
 
     @property
     def keys(self) -> KeyLayout:
@@ -125,6 +128,7 @@ class RedisBackend:
             return
         self._fail_pending(BackendUnavailable("the cancel backend is shutting down"))
         await link.stop()
+        await self._reader.close()
         self._link = None
 
     # -- writes -----------------------------------------------------------------------------
@@ -137,6 +141,10 @@ class RedisBackend:
         if self._link is not None:
             self._link.submit(Op("withdraw", run))
 
+    def publish_events(self, write: StreamWrite) -> None:
+        if self._link is not None:
+            self._link.submit(Op("events", events=write))
+
     # -- reads and cancels ------------------------------------------------------------------
 
     async def _ready(self) -> tuple[Link, Redis]:
@@ -144,6 +152,16 @@ class RedisBackend:
         if link is None:
             raise not_connected(self.display_url)
         return link, await link.ready()
+
+    async def read_events(
+        self, key: SessionKey, run_id: str, after: int, wait_s: float
+    ) -> StreamPage | None:
+        link = self._link
+        if link is None:
+            raise not_connected(self.display_url)
+        if link.state is not State.UP:
+            await link.ready()  # raises while Redis is unreachable
+        return await self._reader.read(key, run_id, after, wait_s)
 
     async def list_remote(self, key: SessionKey) -> list[RunInfo]:
         link, client = await self._ready()

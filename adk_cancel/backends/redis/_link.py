@@ -235,7 +235,9 @@ class Link:
             # Everything queued while down is covered by the snapshot below; later calls queue.
             self.writer.discard_queued()
             self._enter(State.SYNCING)
-            await self.writer.write_snapshot(client, self.node.all_runs_here())
+            await self.writer.write_snapshot(
+                client, self.node.all_runs_here(), self.node.streams_here()
+            )
             self._up_scope = anyio.CancelScope()
             up = self._enter(State.UP)
         except FAILURES as exc:

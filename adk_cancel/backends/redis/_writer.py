@@ -24,8 +24,10 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from ..._models import RunInfo, SessionKey
+from ..._stream import RunStream, StreamWrite
 from .._base import LocalNode
 from ._keys import KeyLayout, show
+from ._streams import StreamLog
 from ._wire import dump
 
 logger = logging.getLogger(__package__)
@@ -38,10 +40,11 @@ Location = tuple[str, str]
 class Op:
     """One queued write."""
 
-    kind: Literal["announce", "withdraw", "prune"]
+    kind: Literal["announce", "withdraw", "prune", "events"]
     run: RunInfo | None = None
     hash_key: str = ""
     fields: tuple[str, ...] = ()
+    events: StreamWrite | None = None
 
 
 @dataclass(frozen=True)
@@ -67,11 +70,14 @@ class Writer:
         after reconnecting removes what it left behind."""
         self._refused: set[str] = set()
         """Runs whose refused write was logged: a heartbeat retries them, quietly."""
+        self.streams = StreamLog(keys, ttl_ms)
+        """Rejoinable runs' event logs (``_streams.py``)."""
 
     def discard_queued(self) -> None:
         """Drop what is queued (the snapshot about to be written covers it)."""
         while not self.queue.empty():
             self.queue.get_nowait()
+        self.streams.forget()
 
     async def serve(self, client: Redis, node: LocalNode, interval_s: float) -> None:
         """Write batches as they are queued and a heartbeat every ``interval_s``, until
@@ -81,7 +87,7 @@ class Writer:
         while True:
             wait_s = next_beat - loop.time()
             if wait_s <= 0:
-                await self.write_snapshot(client, node.all_runs_here())
+                await self.write_snapshot(client, node.all_runs_here(), node.streams_here())
                 next_beat = loop.time() + interval_s
                 continue
             first: Op | None = None
@@ -114,14 +120,19 @@ class Writer:
                 else:
                     self.published[run_id] = item.location
 
-    async def write_snapshot(self, client: Redis, runs: list[RunInfo]) -> None:
-        """The heartbeat: the node key, and every local run as the registry has it now."""
+    async def write_snapshot(
+        self, client: Redis, runs: list[RunInfo], streams: Sequence[RunStream] = ()
+    ) -> None:
+        """The heartbeat: the node key, every local run as the registry has it now, and the
+        event logs (written again where Redis lacks them, after an outage)."""
         async with client.pipeline(transaction=False) as pipe:
             pipe.set(
                 self.keys.node(self.node_id),
                 json.dumps({"host": socket.gethostname(), "pid": os.getpid()}),
                 px=self.ttl_ms,
             )
+            # Before the runs: a follower that finds a run listed finds its log too.
+            stream_commands = self.streams.snapshot(pipe, streams)
             staged = [
                 s for run in runs if (s := self._stage(pipe, Op("announce", run))) is not None
             ]
@@ -134,8 +145,9 @@ class Writer:
         if isinstance(results[0], Exception):
             # Without its node key this process looks dead to the others: that is an outage.
             raise results[0]
+        self.streams.check(results[1 : 1 + stream_commands])
         published: dict[str, Location] = {}
-        for item, answers in _split(staged, results[1:]):
+        for item, answers in _split(staged, results[1 + stream_commands :]):
             if (error := _first_error(answers)) is not None:
                 self._refuse(item.op, error)
             elif item.op.run is not None and item.location is not None:
@@ -163,7 +175,9 @@ class Writer:
             pipe.execute_command(*command)
         return _Staged(op, len(commands), location)
 
-    def _commands(self, op: Op) -> tuple[list[tuple[str | int, ...]], Location | None]:
+    def _commands(self, op: Op) -> tuple[list[tuple[str | int | bytes, ...]], Location | None]:
+        if op.events is not None:
+            return self.streams.commands(op.events), None
         if op.kind == "prune":
             return [("HDEL", op.hash_key, *op.fields)], None
         run = op.run
@@ -178,6 +192,9 @@ class Writer:
         ], (hash_key, run_field)
 
     def _refuse(self, op: Op, error: BaseException) -> None:
+        if op.events is not None:
+            self.streams.refused(op.events, error)
+            return
         run = op.run
         if run is None:  # a prune: housekeeping that the next reader retries
             logger.debug("adk-cancel: Redis refused a prune of %s: %s", op.hash_key, error)
