@@ -7,8 +7,8 @@ the real ``receive`` and finish the response after a forced cancel), while only 
 ADK runs it in. A context variable set here reaches that callback on all three routes.
 
 How a cancel plays out. "Cancel" is a ``:cancel`` request, a cross-worker cancel through the
-backend, the client disconnecting, or the server shutting down; each calls
-``RunEntry.request_cancel``.
+backend, the client disconnecting (under the disconnect policy ``cancel``, the default), or the
+server shutting down; each calls ``RunEntry.request_cancel``.
 
 | race                                        | who wins, and what follows                   |
 |---------------------------------------------|----------------------------------------------|
@@ -33,6 +33,17 @@ backend, the client disconnecting, or the server shutting down; each calls
 | ADK's seal vs the stored session            | adk-cancel reads the session back after      |
 |                                             | every cancel and answers any call left open  |
 | a new run vs server shutdown                | shutdown: 503 (websocket: close 1012)        |
+| client disconnect under policy ``continue`` | the run: not cancelled, marked ``detached``; |
+| (``/run``, ``/run_sse``; live runs always    | a cancel, a shutdown or its end stop it as   |
+| end with their websocket)                   | they would any run                           |
+| a ``continue`` run vs a client that stops   | the run: ADK writes into the run's log, not  |
+| reading (no disconnect)                     | the socket; a forwarder sends the log on     |
+|                                             | (``_run_output.py``)                         |
+| a run's last event vs its followers         | the followers: the end marker follows the    |
+|                                             | final event, so each sends all, then ends    |
+| a follower vs the log's bounds              | the bounds: the oldest events drop; a        |
+|                                             | follower that lacked them ends with          |
+|                                             | ``event: error`` (a rejoin: 410)             |
 
 The cancel route answers (``wait=true``) when ``RunEntry.finished`` is set: after the run's
 task ended, the session was read back and repaired and the response was finished, so the
@@ -264,11 +275,12 @@ class CancelMiddleware:
             await self._after(entry)
             if entry.cancel_reason is not None:
                 await response.finish_http()
-            await output.flush()
         except OSError:
             logger.debug("Client gone while finishing cancelled run %s", entry.run_id)
         finally:
             self._close(entry)
+        # The run is over (and unlisted); its client may still be reading the end of it.
+        await output.flush()
 
     # -- WebSocket: /run_live --------------------------------------------------------------
 

@@ -12,7 +12,7 @@ ADK's chunks go into the run's log (``_stream.py``) and never wait on the networ
 forwarder task sends the log to the client, as a follower would. A client that stops reading
 without disconnecting (a phone that lost its network) therefore holds up nothing: ADK paces
 its stream by its client's reads, which would stall the run until TCP gives up (many
-minutes). The forwarder lets go of a client whose send has not completed in ``STALL_S``.
+minutes). Once the run has ended, its client gets ``STALL_S`` to read the rest.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ POLICY_HEADER = b"x-adk-on-disconnect"
 RUN_ID_HEADER = b"x-adk-run-id"
 """Response header: the run's id, for ``GET .../runs/{run_id}/events``."""
 STALL_S = 30.0
-"""A send to a ``continue`` run's client that has not completed in this long: the client is
-taken for gone (the run goes on; its log stays for a rejoin)."""
+"""After the run: how long its ``continue`` client may take to read the rest of its answer
+before it is given up on (its request then ends; the log stays for a rejoin)."""
 ANSWER_CHARS = 2000
 """How much of a non-SSE answer (an error) a rejoinable run's log repeats."""
 
@@ -182,7 +182,20 @@ class RunOutput:
         if stream is None or self._done:
             return
         stream.end()  # if the app did not end it, it will not now
-        await self._forward()
+        with anyio.move_on_after(STALL_S) as scope:
+            try:
+                await self._forward()
+            except OSError:
+                return  # the client is gone
+        if scope.cancelled_caught:
+            self._stalled = True
+            logger.info(
+                "The client of run %s (session %s) has not read its answer's end for %.0f s: "
+                "giving up on it (the run's events stay kept for a rejoin).",
+                self.entry.run_id,
+                self.entry.key.session_id,
+                STALL_S,
+            )
 
     async def _forward(self) -> None:
         stream = self.stream
@@ -200,25 +213,15 @@ class RunOutput:
                 return
             if events:
                 count = len(events)
-                if await self._to_client(b"".join(events), more=True):
-                    self._sent += count
+                await self._to_client(events[0] if count == 1 else b"".join(events), more=True)
+                self._sent += count
             elif stream.ended:
                 await self._to_client(b"", more=False)
                 self._done = True
             else:
                 await stream.wait(self._sent)
 
-    async def _to_client(self, body: bytes, *, more: bool) -> bool:
-        with anyio.move_on_after(STALL_S) as scope:
-            await self._send({"type": "http.response.body", "body": body, "more_body": more})
-        if scope.cancelled_caught:
-            self._stalled = True
-            logger.info(
-                "The client of run %s (session %s) has not read for %.0f s: sending it no "
-                "more; the run goes on, and can be rejoined.",
-                self.entry.run_id,
-                self.entry.key.session_id,
-                STALL_S,
-            )
-            return False
-        return True
+    async def _to_client(self, body: bytes, *, more: bool) -> None:
+        # No timer per send (it would cost every event): a client that stops reading holds
+        # up only this task, and the flush at the end is bounded.
+        await self._send({"type": "http.response.body", "body": body, "more_body": more})

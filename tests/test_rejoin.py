@@ -8,6 +8,7 @@ sleep that usually wins.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import logging
@@ -369,3 +370,67 @@ async def test_a_log_past_its_byte_bound_keeps_the_newest() -> None:
     assert kept.ids == list(range(first_kept, 14))
     assert len(kept.text.encode()) <= 1500
     assert json.loads(kept.events[-1].data)["finishReason"] == "STOP"
+
+
+@pytest.mark.parametrize("policy", ["continue", "cancel"])
+async def test_a_client_that_stops_reading_holds_up_only_a_cancel_run(policy: str) -> None:
+    """A client whose network vanished without a close: the server's sends to it block (the
+    socket's buffers are full) and no disconnect ever comes. Forced here by a ``send`` that
+    never returns after the first event. ADK paces its stream by its client's reads, so under
+    ``cancel`` the run waits on it; under ``continue`` the run goes on to its end."""
+    app = build_app()
+    stuck = asyncio.Event()
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body" and message.get("body"):
+            stuck.set()
+            await asyncio.Event().wait()  # never returns
+
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://test"
+    ) as client:
+        sid = (await client.post("/apps/slow_agent/users/u/sessions", json={})).json()["id"]
+        body = json.dumps(run_body(sid, "words 5", streaming=True))
+        sent = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body.encode(), "more_body": False}
+            await asyncio.Event().wait()  # the client never leaves either
+            raise AssertionError("unreachable")
+
+        scope = {
+            "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1", "method": "POST", "scheme": "http", "path": "/run_sse",
+            "raw_path": b"/run_sse", "root_path": "", "query_string": b"",
+            "headers": [(b"content-type", b"application/json"),
+                        (b"x-adk-on-disconnect", policy.encode())],
+            "client": ("127.0.0.1", 1), "server": ("test", 80),
+        }  # fmt: skip
+        request = asyncio.create_task(app(scope, receive, send))
+        try:
+            await asyncio.wait_for(stuck.wait(), 10)
+
+            async def answered() -> bool:
+                events = (await client.get(session_path(sid))).json()["events"]
+                return any(e.get("finishReason") == "STOP" for e in events)
+
+            if policy == "continue":
+                while not await answered():  # the whole answer, stored: the run has ended
+                    await asyncio.sleep(0.05)
+                # And unlisted, while its request goes on trying to send its client the rest.
+                while (await client.get(session_path(sid) + "/runs")).json()["runs"]:
+                    await asyncio.sleep(0.05)
+                assert not request.done()
+            else:
+                # 5 words take 0.5 s; give it 3 s: the run is still waiting on its client.
+                await asyncio.sleep(3)
+                assert not await answered()
+                [run] = (await client.get(session_path(sid) + "/runs")).json()["runs"]
+                assert run["status"] == "running"
+        finally:
+            request.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await request
