@@ -311,9 +311,9 @@ def build_rejoin_router(registry: RunRegistry) -> APIRouter:
         for run in registry.runs_here(key):
             if run.run_id == run_id:
                 return _not_kept(run_id, run.route)
-        backend = registry.backend
+        backend = registry.backend if isinstance(registry.backend, StreamBackend) else None
         page = None
-        if isinstance(backend, StreamBackend):
+        if backend is not None:
             try:
                 await registry.start()
                 page = await backend.read_events(key, run_id, after, 0)
@@ -326,7 +326,7 @@ def build_rejoin_router(registry: RunRegistry) -> APIRouter:
                 if error is not None:
                     raise _unavailable(error)
                 return _gone(key, run_id, registry.options.stream_keep_s)
-            if page is None or listed.route != "run_sse" or listed.on_disconnect != "continue":
+            if backend is None or listed.route != "run_sse" or listed.on_disconnect != "continue":
                 return _not_kept(run_id, listed.route)
             page = StreamPage(found=True)  # it has sent no event yet
         last_id = page.last_id if page.last_id is not None else 0
@@ -337,7 +337,8 @@ def build_rejoin_router(registry: RunRegistry) -> APIRouter:
             return _dropped(run_id, after, first_id)
         if page.ended and not page.events:
             return Response(status_code=204)
-        remote = _Remote(registry, backend, key, run_id)  # type: ignore[arg-type]
+        assert backend is not None  # a page was read through it
+        remote = _Remote(registry, backend, key, run_id)
         return EventStream(remote.events(after, page), run_id)
 
     return router

@@ -43,6 +43,8 @@ RUN_ID_HEADER = b"x-adk-run-id"
 STALL_S = 30.0
 """After the run: how long its ``continue`` client may take to read the rest of its answer
 before it is given up on (its request then ends; the log stays for a rejoin)."""
+SHUTDOWN_STALL_S = 2.0
+"""The same, while the server shuts down (it waits for every open connection)."""
 ANSWER_CHARS = 2000
 """How much of a non-SSE answer (an error) a rejoinable run's log repeats."""
 
@@ -182,7 +184,8 @@ class RunOutput:
         if stream is None or self._done:
             return
         stream.end()  # if the app did not end it, it will not now
-        with anyio.move_on_after(STALL_S) as scope:
+        closing = self.entry.registry.streams.closing.is_set()
+        with anyio.move_on_after(SHUTDOWN_STALL_S if closing else STALL_S) as scope:
             try:
                 await self._forward()
             except OSError:

@@ -6,6 +6,7 @@ read a's log from Redis Streams; Redis restarts mid-run; a worker dies mid-run.
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ CONTINUE = {"X-ADK-On-Disconnect": "continue"}
 class Cluster:
     def __init__(self, redis: RedisServer, workers: list[Worker]) -> None:
         self.redis = redis
-        self.a, self.b, self.c = workers
+        self.a, self.b, self.c, self.d = workers
         self.workers = workers
 
     def close(self) -> None:
@@ -46,7 +47,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     workdir = tmp_path_factory.mktemp("rejoin")
     redis = RedisServer(free_port(), workdir).start()
     url = f"{redis.url}?announce_ttl_s=2"
-    workers = [Worker(name, url, workdir / "sessions.db", workdir) for name in ("a", "b", "c")]
+    workers = [Worker(name, url, workdir / "sessions.db", workdir) for name in ("a", "b", "c", "d")]
     for worker in workers:
         worker.argv[-1:-1] = ["--stream_max_events", str(MAX_EVENTS)]
     try:
@@ -268,6 +269,32 @@ async def test_a_worker_dying_mid_run_ends_its_followers_with_an_error(
     assert last.event == "error" and last.id is None
     assert "stopped without ending its stream" in last.json()["error"]
     assert last.json()["lastEventId"] == followed.ids[-1]
+
+
+async def test_a_follower_of_a_worker_shutting_down_rejoins_through_another(
+    cluster: Cluster, http: httpx.AsyncClient
+) -> None:
+    a, b, d = cluster.a, cluster.b, cluster.d
+    sid = await new_session(http, a)
+    direct = start(http, a, sid, "words 40")
+    await until(lambda: direct.run_id and direct.ids, what="first event")
+    through_d = Reader()
+    following = asyncio.create_task(
+        through_d.read(http, "GET", d.url + events_path(sid, direct.run_id))
+    )
+    await until(lambda: 3 in through_d.ids, what="d's follower at event 3")
+    d.send_signal(signal.SIGTERM)
+    await asyncio.wait_for(following, 10)
+    # It lets go at once (the run is another worker's to finish), saying where it was.
+    last = through_d.events[-1]
+    assert last.event == "reconnect" and last.id is None
+    assert last.json()["lastEventId"] == through_d.ids[-1]
+    assert await asyncio.to_thread(d.wait, 20) == 0
+    rest = await follow(
+        http, b, sid, direct.run_id, headers={"Last-Event-ID": str(through_d.ids[-1])}
+    )
+    await direct.task  # type: ignore[attr-defined]
+    assert through_d.ids + rest.ids == direct.ids == list(range(1, 42))
 
 
 def test_the_cluster_logged_no_error(cluster: Cluster, tmp_path: Path) -> None:

@@ -107,8 +107,10 @@ class StreamLog:
         date with, write again what it lacks of the others; returns how many commands."""
         count = 0
         now = time.monotonic()
-        for stream in streams:
-            k = events_key(self.keys, stream.key, stream.run_id)
+        keys = {events_key(self.keys, stream.key, stream.run_id): stream for stream in streams}
+        for gone in self.tops.keys() - keys.keys():
+            del self.tops[gone]  # forgotten here: Redis lets it expire by itself
+        for k, stream in keys.items():
             top = stream.last_id + 1 if stream.ended else stream.last_id
             if self.tops.get(k) == top:
                 if not stream.ended:
