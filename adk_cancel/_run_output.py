@@ -185,7 +185,8 @@ class RunOutput:
             return
         stream.end()  # if the app did not end it, it will not now
         closing = self.entry.registry.streams.closing.is_set()
-        with anyio.move_on_after(SHUTDOWN_STALL_S if closing else STALL_S) as scope:
+        bound = SHUTDOWN_STALL_S if closing else STALL_S
+        with anyio.move_on_after(bound) as scope:
             try:
                 await self._forward()
             except OSError:
@@ -197,21 +198,22 @@ class RunOutput:
                 "giving up on it (the run's events stay kept for a rejoin).",
                 self.entry.run_id,
                 self.entry.key.session_id,
-                STALL_S,
+                bound,
             )
 
     async def _forward(self) -> None:
         stream = self.stream
         assert stream is not None
         while not (self._done or self._stalled or self.entry.disconnected):
-            if stream.last_id > self._sent and not self.sse:
-                # The app answered with something else than a stream (an error), itself.
-                self._done = True
-                return
             try:
                 events = stream.read(self._sent)
             except StreamGap as gap:
                 await self._to_client(fell_behind(gap, self._sent), more=False)
+                self._done = True
+                return
+            if (events or stream.ended) and not self.sse:
+                # The app answered with something else than a stream (an error), or not at
+                # all: its client got that answer directly.
                 self._done = True
                 return
             if events:

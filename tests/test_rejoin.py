@@ -14,9 +14,13 @@ import json
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from support import build_app, run_body, serve, session_path, wait_until
 
 from adk_cancel.testing import SseEvent, events_path, parse_sse, unanswered_calls
@@ -434,3 +438,40 @@ async def test_a_client_that_stops_reading_holds_up_only_a_cancel_run(policy: st
             request.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await request
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+@given(
+    run_id=st.text(min_size=1, max_size=40),
+    last_event_id=st.none() | st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=255)),
+    query=st.none() | st.text(max_size=30),
+    policy=st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=255), max_size=20),
+)
+def test_bad_input_to_the_rejoin_route_and_the_policy_header_is_a_4xx(
+    rejoin_client: TestClient,
+    run_id: str,
+    last_event_id: str | None,
+    query: str | None,
+    policy: str,
+) -> None:
+    path = events_path("some-session", quote(run_id.encode("utf-8", "surrogatepass"), safe=""))
+    # Header values as a client can send them: bytes, any of latin-1.
+    headers = {} if last_event_id is None else {"Last-Event-ID": last_event_id.encode("latin-1")}
+    params = {} if query is None else {"last_event_id": query}
+    answer = rejoin_client.get(path, headers=headers, params=params)
+    assert answer.status_code in (404, 422), answer.text
+    if answer.status_code == 422:
+        assert answer.json()["detail"][0]["loc"] == ["header", "last-event-id"]
+    body = run_body("some-session", "quick", streaming=True)
+    started = rejoin_client.post(
+        "/run_sse", json=body, headers={"X-ADK-On-Disconnect": policy.encode("latin-1")}
+    )
+    assert started.status_code in (200, 404, 422), started.text
+    if policy.strip().lower() not in ("cancel", "continue"):
+        assert started.status_code == 422 and "X-ADK-On-Disconnect" in started.json()["detail"]
+
+
+@pytest.fixture(scope="module")
+def rejoin_client() -> Iterator[TestClient]:
+    with TestClient(build_app(), raise_server_exceptions=False) as client:
+        yield client
