@@ -75,6 +75,10 @@ def _install(app: FastAPI, settings: CancelOptions) -> RunRegistry:
         from .chat import add_chat_route
 
         add_chat_route(app)
+    if settings.metrics:
+        from ._metrics import add_metrics_route
+
+        add_metrics_route(app)
     app.state.adk_cancel = registry
     return registry
 
