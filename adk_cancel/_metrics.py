@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from . import __version__
 from ._models import ACTIVE_STATUSES
 from ._records import status_of
 
@@ -62,7 +63,7 @@ def _observe_active(options: CallbackOptions) -> Iterable[Observation]:
     ]
 
 
-_meter = metrics.get_meter(METER_NAME)
+_meter = metrics.get_meter(METER_NAME, __version__)
 _started = _meter.create_counter(
     "adk_cancel.runs.started", unit="{run}", description="Runs started, by app and route."
 )
@@ -92,7 +93,7 @@ _active = _meter.create_observable_gauge(
     unit="{run}",
     description=f"Runs held now, by app, route and status ({', '.join(ACTIVE_STATUSES)}).",
 )
-_tracer = trace.get_tracer(METER_NAME)
+_tracer = trace.get_tracer(METER_NAME, __version__)
 
 
 def watch_registry(registry: RunRegistry) -> None:

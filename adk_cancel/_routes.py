@@ -277,8 +277,9 @@ def build_router(registry: RunRegistry) -> APIRouter:
         if not wanted.isdisjoint(("cancelled", "finished", "failed", "timed_out")):
             records, records_error = await registry.records.everywhere(key)
             error = error or records_error
-            active = {r.run_id for r in runs}
-            runs += [r for r in records if r.run_id not in active]
+            # A record is final: it wins over a listing another worker has not withdrawn yet.
+            ended = {r.run_id for r in records}
+            runs = [r for r in runs if r.run_id not in ended] + records
         return RunsResponse(
             app_name=app_name,
             user_id=user_id,
