@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import click
 import pytest
 from fastapi.testclient import TestClient
 from starlette.testclient import WebSocketDenialResponse
@@ -19,6 +20,7 @@ from starlette.websockets import WebSocketDisconnect
 from support import build_app, run_body, session_path, wait_until
 
 from adk_cancel import WS_CLOSE_CANCELLED, CancelOptions
+from adk_cancel.cli import cancel_option_params, pop_cancel_options
 from adk_cancel.testing import unanswered_calls
 
 pytestmark = pytest.mark.timeout(90)
@@ -210,3 +212,12 @@ def test_bad_deadline_headers_get_a_422_and_start_nothing(
     assert denied.value.status_code == 422
     assert records(warm_client, sid) == []
     assert warm_client.get(session_path(sid)).json()["events"] == []
+
+
+def test_the_cli_has_a_flag_for_each_limit_and_refuses_a_default_above_its_cap() -> None:
+    params = {p.name: p for p in cancel_option_params()}
+    for name in ("run_timeout_s", "max_run_timeout_s", "idle_timeout_s", "max_idle_timeout_s"):
+        assert params[name].opts == [f"--{name}"] and params[name].default is None
+    with pytest.raises(click.UsageError, match=r"lower it or raise the cap"):
+        pop_cancel_options({"run_timeout_s": 5.0, "max_run_timeout_s": 1.0})
+    assert pop_cancel_options({"idle_timeout_s": 10.0}).idle_timeout_s == 10.0
