@@ -82,14 +82,19 @@ def _remaining(runs: list[RunInfo], cancelled: list[CancelledRun]) -> list[Remai
     ]
 
 
-def _warning(remaining: list[RemainingRun], scope: str) -> str | None:
+def _warning(remaining: list[RemainingRun], scope: str, narrow: bool) -> str | None:
     if not remaining:
         return None
     n = len(remaining)
-    runs = "run" if n == 1 else "runs"
+    runs, verb = ("run", "is") if n == 1 else ("runs", "are")
+    if narrow:
+        return (
+            f"{n} other {runs} of this {scope} {verb} still active (listed in "
+            "remaining_active): cancel without invocation_id to stop every one."
+        )
     return (
-        f"{n} other {runs} of this {scope} {'is' if n == 1 else 'are'} still active (listed in "
-        "remaining_active): cancel without invocation_id to stop every one."
+        f"{n} {runs} of this {scope} started while it was being cancelled and {verb} still "
+        "active (listed in remaining_active): cancel again to stop them."
     )
 
 
@@ -196,7 +201,7 @@ def build_router(registry: RunRegistry) -> APIRouter:
             runs=runs,
             unreachable=None if error is None else _unreachable(error),
             remaining_active=remaining,
-            warning=_warning(remaining, "session"),
+            warning=_warning(remaining, "session", narrow=True),
         )
         return JSONResponse(
             answer.model_dump(mode="json"), status_code=200 if request.wait else 202
@@ -239,7 +244,7 @@ def build_router(registry: RunRegistry) -> APIRouter:
             runs=runs,
             unreachable=None if error is None else _unreachable(error),
             remaining_active=remaining,
-            warning=_warning(remaining, "user"),
+            warning=_warning(remaining, "user", narrow=order.invocation_id is not None),
         )
         return JSONResponse(
             answer.model_dump(mode="json"), status_code=200 if request.wait else 202

@@ -8,9 +8,13 @@ import asyncio
 import json
 import time
 import uuid
+from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
+from support import TEST_AGENTS, memory_services, run_body, session_path
 
+import adk_cancel
 from adk_cancel import CancelOrder, RunInfo, SessionKey
 from adk_cancel.testing import SimpleNode
 
@@ -128,3 +132,47 @@ async def test_records_expire(cluster: Cluster) -> None:
     await eventually(listed)
     await asyncio.sleep(0.4)
     assert await b.backend.list_records(key("s1"), 50) == []
+
+
+class LegacyBackend:
+    """A custom backend written against the interface before operations: no user listing,
+    no records. It shares nothing (like memory://)."""
+
+    def __init__(self) -> None:
+        self.node: Any = None
+
+    async def connect(self, node: Any) -> None:
+        self.node = node
+
+    async def disconnect(self) -> None:
+        self.node = None
+
+    def announce(self, run: RunInfo) -> None:
+        return None
+
+    def withdraw(self, run: RunInfo) -> None:
+        return None
+
+    async def list_remote(self, key: SessionKey) -> list[RunInfo]:
+        return []
+
+    async def cancel_remote(self, order: CancelOrder) -> list[Any]:
+        return []
+
+
+def test_a_backend_without_the_operations_methods_still_serves_them_locally(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = adk_cancel.get_fast_api_app(
+        agents_dir=str(TEST_AGENTS), cancel_backend=LegacyBackend(), **memory_services()
+    )
+    with TestClient(app) as client:
+        sid = client.post("/apps/slow_agent/users/u/sessions", json={}).json()["id"]
+        for _ in range(2):
+            assert client.post("/run", json=run_body(sid, "quick")).status_code == 200
+        records = client.get(session_path(sid) + "/runs", params={"status": "all"}).json()
+        assert [r["status"] for r in records["runs"]] == ["finished", "finished"]
+        assert records["unreachable"] is None
+        assert client.post("/apps/slow_agent/users/u:cancel").status_code == 404
+    warned = [r.getMessage() for r in caplog.records if "has no save_record()" in r.getMessage()]
+    assert len(warned) == 1, "said once, not per run"
