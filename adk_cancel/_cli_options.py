@@ -20,9 +20,10 @@ import click
 from . import backends
 from ._options import CancelOptions
 
-CLI_DEFAULTS: dict[str, Any] = {"chat": True}
+CLI_DEFAULTS: dict[str, Any] = {"chat": True, "gc_freeze": True}
 """Where the CLI's default differs from Python's: a person who starts a server wants the chat
-page; an app built in Python gets only the routes it asks for."""
+page (and a server whose timers fire on time); an app built in Python gets only the routes it
+asks for, and its process's garbage collector is left as it is."""
 
 
 if TYPE_CHECKING:

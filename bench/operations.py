@@ -4,9 +4,10 @@ next to plain ADK, and how precisely deadlines fire.
 Run: .venv/bin/python bench/operations.py [--rounds 24] [--events 2000] [--deadline-runs 200]
 
 1. CPU per streamed event. Separate server processes serve ``samples/``: plain ADK (``adk
-   api_server``), adk-cancel as shipped (records and metrics on, no OpenTelemetry SDK), and
+   api_server``), adk-cancel as shipped (records and metrics on, no OpenTelemetry SDK),
    adk-cancel with a run and an idle deadline on every run (a watcher per run and a clock read
-   per event) and the Prometheus exporter (``--metrics``: the OpenTelemetry SDK recording).
+   per event), and adk-cancel with the Prometheus exporter (``--metrics``: an OpenTelemetry
+   SDK records ours, and ADK's own instruments too).
    Each round streams one /run_sse of ``--events`` events from each server, in a rotated
    order, and reads each server's CPU time (utime + stime of the process, from /proc) before
    and after; the session is deleted afterwards, so heaps stay flat. The figure is the median
@@ -118,7 +119,7 @@ async def fire_errors(url: str, runs: int, concurrency: int) -> dict[str, list[f
                 if kind == "run":
                     headers = {"X-ADK-Run-Timeout": str(limit)}
                     await client.post(f"{url}/run", json=run_body(sid, "tool 30"), headers=headers)
-                    last_event = None
+                    stamps: list[float] = []
                 else:
                     headers = {"X-ADK-Idle-Timeout": str(limit)}
                     body = run_body(sid, "tool 30", streaming=True)
@@ -128,12 +129,12 @@ async def fire_errors(url: str, runs: int, concurrency: int) -> dict[str, list[f
                         for line in response.text.splitlines()
                         if line.startswith("data: ")
                     ]
-                    # Before its first event, an idle limit counts from the run's start.
                     stamps = [e["timestamp"] for e in events if not e.get("errorCode")]
-                    last_event = max(stamps, default=None)
                 record = await timed_out_record(client, url + session_path(sid) + "/runs")
                 fired_at = record["cancelled_at"]
-                since = record["started_at"] if last_event is None else last_event
+                # The last event made before the deadline fired (a run may make one more on its
+                # way out of the abort); none: the limit counted from the run's start.
+                since = max((t for t in stamps if t <= fired_at), default=record["started_at"])
                 errors[kind].append((fired_at - since - limit) * 1000)
                 await client.delete(url + session_path(sid))
 
@@ -150,33 +151,42 @@ def main() -> None:
     parser.add_argument(
         "--concurrency", default="1,4", help="runs at a time, for each series (comma-separated)"
     )
+    parser.add_argument(
+        "--no-gc-freeze",
+        action="store_true",
+        help="serve the deadline series with --no_gc_freeze (full collections pause the loop)",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="adk-cancel-ops-bench-") as tmp:
         logs = Path(tmp)
         samples = ROOT / "samples"
+        # The CPU comparison runs every adk-cancel server with --no_gc_freeze: plain ADK's
+        # collector is left as it is, and a frozen heap would make ours look cheaper.
+        ours = (*SERVICES, "--no_chat", "--no_gc_freeze")
         servers = {
             "plain ADK": ServerProcess(samples, *SERVICES, log_path=logs / "plain.log", plain=True),
-            "adk-cancel": ServerProcess(samples, *SERVICES, "--no_chat", log_path=logs / "ac.log"),
-            "+ deadlines, SDK": ServerProcess(
-                samples, *SERVICES, "--no_chat", "--metrics",
-                "--run_timeout_s=600", "--idle_timeout_s=600",
-                log_path=logs / "full.log",
+            "adk-cancel": ServerProcess(samples, *ours, log_path=logs / "ac.log"),
+            "+ deadlines": ServerProcess(
+                samples, *ours, "--run_timeout_s=600", "--idle_timeout_s=600",
+                log_path=logs / "deadlines.log",
+            ),
+            "+ SDK (--metrics)": ServerProcess(
+                samples, *ours, "--metrics", log_path=logs / "sdk.log"
             ),
         }  # fmt: skip
+        freeze = "--no_gc_freeze" if args.no_gc_freeze else "--gc_freeze"
+        timer = ServerProcess(samples, *SERVICES, "--no_chat", freeze, log_path=logs / "t.log")
         try:
-            for server in servers.values():
+            for server in [*servers.values(), timer]:
                 server.start(wait=False)
-            for server in servers.values():
+            for server in [*servers.values(), timer]:
                 server.wait_ready()
             per_event = asyncio.run(cpu_rounds(servers, args.rounds, args.events))
             levels = [int(n) for n in args.concurrency.split(",")]
-            errors = {
-                n: asyncio.run(fire_errors(servers["adk-cancel"].url, args.deadline_runs, n))
-                for n in levels
-            }
+            errors = {n: asyncio.run(fire_errors(timer.url, args.deadline_runs, n)) for n in levels}
         finally:
-            for server in servers.values():
+            for server in [*servers.values(), timer]:
                 server.stop()
 
     plain = per_event["plain ADK"]
@@ -196,7 +206,7 @@ def main() -> None:
 
     print(
         f"\ndeadline firing error (ms after its time, measured by the server), "
-        f"{args.deadline_runs} runs per series"
+        f"{args.deadline_runs} runs per series, adk-cancel api_server {freeze}"
     )
     print(f"{'deadline':<10}{'at a time':>10}{'p50':>8}{'p99':>8}{'max':>8}")
     for level, by_kind in errors.items():
