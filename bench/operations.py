@@ -18,7 +18,9 @@ Run: .venv/bin/python bench/operations.py [--rounds 24] [--events 2000] [--deadl
    loop serves them all, so its lag shows); each run's record says when the deadline fired
    (``cancelled_at - started_at``), measured by the server: error = that minus the limit.
    Then the same for ``X-ADK-Idle-Timeout``, from the timestamp of the last event the client
-   got (ADK stamps an event when it makes it, a little before the run hands it on).
+   got before the deadline fired. ADK stamps an event when it makes it and hands it on after
+   storing it in the session, so this figure also holds ADK's own time per event, which
+   grows when several runs share the loop.
 """
 
 from __future__ import annotations
