@@ -2,8 +2,9 @@
 
 ``POST /apps/{app}/users/{user}/sessions/{session}:cancel`` stops the run in flight for that
 session, whichever route started it (/run, /run_sse, /run_live), and leaves the session
-well-formed for the next turn. The backend interface (``CancelBackend``, ``LocalNode``,
-``RedisBackend``) lives in :mod:`adk_cancel.backends`.
+well-formed for the next turn; ``POST /apps/{app}/users/{user}:cancel`` stops every run of a
+user. The backend interface (``CancelBackend``, ``LocalNode``, ``RedisBackend``) lives in
+:mod:`adk_cancel.backends`; helpers for tool authors in :mod:`adk_cancel.tools`.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ if TYPE_CHECKING:
         CancelledRun,
         CancelRequest,
         CancelResponse,
+        RemainingRun,
         RunInfo,
         RunsResponse,
         SessionKey,
+        UserCancelResponse,
     )
     from ._options import CancelOptions
     from ._order import CancelOrder
@@ -43,11 +46,13 @@ __all__ = [
     "CancelRequest",
     "CancelResponse",
     "CancelledRun",
+    "RemainingRun",
     "RepairFailed",
     "RunInfo",
     "RunRegistry",
     "RunsResponse",
     "SessionKey",
+    "UserCancelResponse",
     "bind_abort_source",
     "current_abort_probe",
     "get_fast_api_app",
@@ -68,9 +73,11 @@ _HOME = {
     "CancelledRun": "._models",
     "CancelRequest": "._models",
     "CancelResponse": "._models",
+    "RemainingRun": "._models",
     "RunInfo": "._models",
     "RunsResponse": "._models",
     "SessionKey": "._models",
+    "UserCancelResponse": "._models",
     "CancelOptions": "._options",
     "CancelOrder": "._order",
     "CANCEL_PLUGIN": "._plugin",

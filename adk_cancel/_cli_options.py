@@ -20,9 +20,10 @@ import click
 from . import backends
 from ._options import CancelOptions
 
-CLI_DEFAULTS: dict[str, Any] = {"chat": True}
+CLI_DEFAULTS: dict[str, Any] = {"chat": True, "gc_freeze": True}
 """Where the CLI's default differs from Python's: a person who starts a server wants the chat
-page; an app built in Python gets only the routes it asks for."""
+page (and a server whose timers fire on time); an app built in Python gets only the routes it
+asks for, and its process's garbage collector is left as it is."""
 
 
 if TYPE_CHECKING:
@@ -133,6 +134,7 @@ def option_params(options_type: type[Any] = CancelOptions) -> list[click.Option]
 
 def pop_options(values: dict[str, Any], options_type: type[T]) -> T:
     """The options in a command's parsed values, taken out of them (the rest are ADK's)."""
+    # A flag a caller's own command does not offer keeps its default.
     ours = {f.name: values.pop(f.name) for f in fields(options_type) if f.name in values}
     try:
         return options_type(**ours)

@@ -44,6 +44,11 @@ server shutting down; each calls ``RunEntry.request_cancel``.
 | a follower vs the log's bounds              | the bounds: the oldest events drop; a        |
 |                                             | follower that lacked them ends with          |
 |                                             | ``event: error`` (a rejoin: 410)             |
+| a run or idle deadline vs the run ending    | the run, if it ended first (the watcher is   |
+| (``_deadline.py``)                          | cancelled with its task group); else the     |
+|                                             | deadline: a cancel with ``cause="deadline"`` |
+| a deadline vs a ``:cancel`` (or disconnect) | whichever ``request_cancel`` comes first:    |
+|                                             | later orders are no-ops; the record says who |
 
 The cancel route answers (``wait=true``) when ``RunEntry.finished`` is set: after the run's
 task ended, the session was read back and repaired and the response was finished, so the
@@ -67,6 +72,8 @@ import anyio
 if sys.version_info < (3, 11):
     pass
 
+from . import _deadline, _metrics
+from ._deadline import BadDeadline, Deadlines
 from ._models import Route, SessionKey, is_unicode_text
 from ._order import CancelOrder
 from ._registry import RunEntry, RunRegistry, current_run
@@ -136,6 +143,18 @@ def _key_from_body(body: bytes, default_app: str | None) -> SessionKey | None:
             "lone surrogate escape (such as \\ud800) in one of them",
         )
     return SessionKey(app, user, session)
+
+
+async def _deny_ws(scope: Scope, send: Send, refused: _Refused) -> None:
+    """Refuse a websocket before accepting it: an HTTP answer where the server can send one
+    (the ASGI denial-response extension), else close code 1008 with the message."""
+    if "websocket.http.response" in (scope.get("extensions") or {}):
+        for message in json_response(refused.status, {"detail": refused.detail}):
+            message["type"] = "websocket." + message["type"]
+            await send(message)
+        return
+    reason = refused.detail.encode()[:120].decode(errors="ignore")
+    await send({"type": "websocket.close", "code": 1008, "reason": reason})
 
 
 def _left(entry: RunEntry) -> CancelOrder:
@@ -214,6 +233,7 @@ class CancelMiddleware:
             await anyio.sleep_forever()
             raise AssertionError("unreachable")
 
+        deadlines = Deadlines()
         try:
             key = _key_from_body(body, self.default_app_name)
             if key is not None and not self.registry.accepting:
@@ -222,6 +242,8 @@ class CancelMiddleware:
                 policy = disconnect_policy(scope, self.registry.options.on_disconnect)
             except ValueError as bad_header:
                 raise _Refused(422, str(bad_header)) from bad_header
+            if key is not None:
+                deadlines = self._deadlines(scope)
         except _Refused as refused:
             extra = [(b"connection", b"close")] if refused.status == 503 else []
             for reply in json_response(refused.status, {"detail": refused.detail}, *extra):
@@ -266,6 +288,7 @@ class CancelMiddleware:
                 route,
                 lambda: self.app(scope, replay, response.send),
                 output.with_forwarder(listen),
+                deadlines,
             )
         except Exception as exc:
             await response.fail_http(exc)
@@ -291,6 +314,11 @@ class CancelMiddleware:
         session = (query.get("session_id") or [None])[0]
         if user is None or session is None:
             await self.app(scope, receive, send)
+            return
+        try:
+            deadlines = self._deadlines(scope)
+        except _Refused as refused:
+            await _deny_ws(scope, send, refused)
             return
         if not self.registry.accepting:
             await send(
@@ -318,6 +346,7 @@ class CancelMiddleware:
         async def watch_receive() -> Message:
             note_task()
             message = await receive()
+            _deadline.note_event(entry)  # the client speaking: the live run is not idle
             if message["type"] == "websocket.disconnect":
                 entry.disconnected = True
                 if not app_done:
@@ -328,7 +357,9 @@ class CancelMiddleware:
             note_task()
             await response.send(message)
 
-        await self._run(entry, "run_live", lambda: self.app(scope, watch_receive, watch_send))
+        await self._run(
+            entry, "run_live", lambda: self.app(scope, watch_receive, watch_send), None, deadlines
+        )
         app_done = True
         try:
             producer = {entry.producer} if entry.producer is not None else set()
@@ -343,21 +374,31 @@ class CancelMiddleware:
 
     # -- shared ----------------------------------------------------------------------------
 
+    def _deadlines(self, scope: Scope) -> Deadlines:
+        try:
+            return _deadline.deadlines_for(scope.get("headers") or [], self.registry.options)
+        except BadDeadline as exc:
+            raise _Refused(422, str(exc)) from exc
+
     async def _run(
         self,
         entry: RunEntry,
         route: Route,
         call_app: Callable[[], Awaitable[None]],
         listen: Callable[[], Coroutine[Any, Any, None]] | None = None,
+        deadlines: Deadlines | None = None,
     ) -> None:
-        """Run the app beside the cancel watcher (and disconnect listener) in one task group;
-        the app finishing ends the others."""
+        """Run the app beside the cancel watcher (and disconnect listener, and deadline
+        watcher) in one task group; the app finishing ends the others."""
         token = current_run.set(entry)
         app_scope = anyio.CancelScope()
         try:
             async with anyio.create_task_group() as tg:
                 if listen is not None:
                     tg.start_soon(listen)
+                if deadlines:
+                    _deadline.prepare(entry, deadlines)
+                    tg.start_soon(_deadline.watch, entry, deadlines)
                 tg.start_soon(self._watch, entry, app_scope)
                 try:
                     with app_scope:
@@ -372,6 +413,8 @@ class CancelMiddleware:
                         raise
                 except Exception as error:
                     if entry.cancel_reason is None:
+                        if entry.error is None:
+                            entry.error = f"{type(error).__name__}: {error}"
                         raise
                     # Failing on the way out of a cancel (ADK's seal write hitting a stale
                     # session on a shared store) still ends the run: repair and answer as
@@ -398,6 +441,7 @@ class CancelMiddleware:
 
     async def _watch(self, entry: RunEntry, app_scope: anyio.CancelScope) -> None:
         await entry.cancel_requested.wait()
+        _metrics.cancel_requested(entry)
         # /run_live has no abort checks, and without the plugin there is no abort handle.
         abortable = entry.route != "run_live" and self.registry.plugin_installed
         if abortable:
@@ -408,6 +452,7 @@ class CancelMiddleware:
                 entry.key.session_id,
                 self.registry.grace_s,
             )
+            _metrics.forced(entry, self.registry.grace_s)
         entry.forced = True
         forced_at = time.monotonic()
         while True:

@@ -16,8 +16,17 @@ shutting down, a run deadline, or the session's busy policy (a newer run replaci
 CancelAction = Literal["interrupt", "rollback"]
 """What a cancel leaves in the session: the interrupted turn (sealed), or nothing of it."""
 
-RunStatus = Literal["queued", "running", "cancelling"]
-"""Where an active run is."""
+RunStatus = Literal[
+    "queued", "running", "cancelling", "cancelled", "finished", "failed", "timed_out"
+]
+"""Where a run is: active (``queued``, ``running``, ``cancelling``), or how it ended, in its
+record (``cancelled``, ``finished``, ``failed``, ``timed_out``: a run or idle deadline)."""
+
+ACTIVE_STATUSES: tuple[RunStatus, ...] = ("queued", "running", "cancelling")
+ENDED_STATUSES: tuple[RunStatus, ...] = ("cancelled", "finished", "failed", "timed_out")
+
+CancelScope = Literal["session", "user"]
+"""What a cancel order covers: one session's runs, or every run of one user in one app."""
 
 DisconnectPolicy = Literal["cancel", "continue"]
 """What a run's client leaving does: cancel the run (ADK's behaviour), or let it go on, its
@@ -92,14 +101,35 @@ class RunInfo(BaseModel):
     )
     detached: bool = Field(
         default=False,
-        description="The run's client left and the run went on (disconnect policy continue).",
+        description="The run's client left and the run went on (disconnect policy continue); "
+        "in a record: nobody was attached when it ended.",
     )
+    # Set in a run's record, once it has ended (``?status=`` on ``/runs``); None while active.
+    ended_at: float | None = Field(default=None, description="Unix time the run ended.")
+    cancelled_at: float | None = Field(
+        default=None, description="Unix time the cancel (or deadline) reached the run."
+    )
+    cancel_reason: str | None = None
+    cancelled_by: CancelCause | None = Field(
+        default=None,
+        description="Who or what cancelled it: request (a :cancel), disconnect, shutdown, "
+        "deadline or busy.",
+    )
+    stopped_by: StoppedBy | None = None
+    stop_ms: float | None = None
+    repaired: bool | None = None
+    rolled_back: bool | None = Field(
+        default=None, description="Whether a rollback cancel removed the turn (None: none asked)."
+    )
+    rollback_error: str | None = None
+    error: str | None = Field(default=None, description="Why a failed run failed.")
 
 
 class CancelledRun(BaseModel):
     """The outcome of cancelling one run."""
 
     run_id: str
+    session_id: str | None = Field(default=None, description="The run's session.")
     invocation_id: str | None = None
     route: Route
     worker: str
@@ -115,6 +145,28 @@ class CancelledRun(BaseModel):
     )
 
 
+class RemainingRun(BaseModel):
+    """An active run a narrow cancel did not stop."""
+
+    run_id: str
+    invocation_id: str | None = None
+    route: Route
+    session_id: str
+    worker: str
+
+
+_REMAINING_HELP = (
+    "Active runs in the cancel's scope that it did not stop (a cancel naming an invocation_id "
+    "leaves the session's other runs going)."
+)
+_WARNING = Field(default=None, description="One line on what remaining_active means.")
+_UNREACHABLE = Field(
+    default=None,
+    description="Set when other workers could not be reached (the cancel backend is "
+    "down): only this worker's runs were cancelled; retry once the backend is back.",
+)
+
+
 class CancelResponse(BaseModel):
     """Answer of the cancel route."""
 
@@ -124,15 +176,28 @@ class CancelResponse(BaseModel):
     session_id: str
     reason: str
     runs: list[CancelledRun]
-    unreachable: str | None = Field(
-        default=None,
-        description="Set when other workers could not be reached (the cancel backend is "
-        "down): only this worker's runs were cancelled; retry once the backend is back.",
-    )
+    unreachable: str | None = _UNREACHABLE
+    remaining_active: list[RemainingRun] = Field(default_factory=list, description=_REMAINING_HELP)
+    warning: str | None = _WARNING
+
+
+class UserCancelResponse(BaseModel):
+    """Answer of ``POST /apps/{app}/users/{user}:cancel``."""
+
+    status: Literal["cancelled", "cancelling"]
+    app_name: str
+    user_id: str
+    sessions: list[str] = Field(description="The sessions whose runs were cancelled.")
+    reason: str
+    runs: list[CancelledRun]
+    unreachable: str | None = _UNREACHABLE
+    remaining_active: list[RemainingRun] = Field(default_factory=list, description=_REMAINING_HELP)
+    warning: str | None = _WARNING
 
 
 class RunsResponse(BaseModel):
-    """Answer of ``GET .../sessions/{session_id}/runs``."""
+    """Answer of ``GET .../sessions/{session_id}/runs``: the active runs, and with
+    ``?status=`` the records of the session's recent runs too (newest first)."""
 
     app_name: str
     user_id: str

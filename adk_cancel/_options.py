@@ -30,9 +30,22 @@ DEFAULT_STREAM_KEEP_S = 300.0
 first), kept this long after the run ended."""
 
 
+DEFAULT_RECORDS_PER_SESSION = 50
+DEFAULT_RECORDS_TTL_S = 3600.0
+
+
 def _seconds(name: str, value: float) -> None:
     if not isinstance(value, int | float) or math.isnan(value) or value < 0:
         raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
+
+
+def _limit(name: str, value: float | None) -> None:
+    if value is None:
+        return
+    if not isinstance(value, int | float) or math.isnan(value) or value <= 0:
+        raise ValueError(
+            f"{name} must be a number of seconds > 0 (or unset: no limit), got {value!r}"
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,6 +108,56 @@ class CancelOptions:
         default=DEFAULT_STREAM_KEEP_S,
         metadata={"help": "Seconds a rejoinable run's events can be replayed after it ended."},
     )
+    run_timeout_s: float | None = field(
+        default=None,
+        metadata={
+            "help": "Cancel a run that has gone on this long (reason 'deadline exceeded after "
+            "N s'); a request's X-ADK-Run-Timeout header sets its own. Default: no limit."
+        },
+    )
+    max_run_timeout_s: float | None = field(
+        default=None,
+        metadata={
+            "help": "Cap on the X-ADK-Run-Timeout header (a larger value gets this one, and "
+            "a request without one gets at most this). Default: no cap."
+        },
+    )
+    idle_timeout_s: float | None = field(
+        default=None,
+        metadata={
+            "help": "Cancel a run that sent no event for this long (reason 'no event for N "
+            "s'); a request's X-ADK-Idle-Timeout header sets its own. Default: no limit."
+        },
+    )
+    max_idle_timeout_s: float | None = field(
+        default=None,
+        metadata={"help": "Cap on the X-ADK-Idle-Timeout header. Default: no cap."},
+    )
+    run_records_per_session: int = field(
+        default=DEFAULT_RECORDS_PER_SESSION,
+        metadata={
+            "help": "How many ended runs of a session /runs?status=all keeps (0: no records)."
+        },
+    )
+    run_records_ttl_s: float = field(
+        default=DEFAULT_RECORDS_TTL_S,
+        metadata={"help": "How long a run's record is kept after it ended, in seconds."},
+    )
+    gc_freeze: bool = field(
+        default=False,
+        metadata={
+            "help": "Once started, freeze the objects loaded so far out of the garbage "
+            "collector (gc.freeze): full collections then stop pausing the server for 100+ ms, "
+            "so deadlines and cancels fire on time."
+        },
+    )
+    metrics: bool = field(
+        default=False,
+        metadata={
+            "help": "Serve the OpenTelemetry metrics at /metrics for Prometheus (needs "
+            "pip install 'adk-cancel[prometheus]')."
+        },
+    )
 
     def __post_init__(self) -> None:
         _seconds("cancel_grace_s", self.cancel_grace_s)
@@ -108,6 +171,27 @@ class CancelOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+        _seconds("run_records_ttl_s", self.run_records_ttl_s)
+        for name in ("run_timeout_s", "max_run_timeout_s", "idle_timeout_s", "max_idle_timeout_s"):
+            _limit(name, getattr(self, name))
+        for limit, cap in (
+            ("run_timeout_s", "max_run_timeout_s"),
+            ("idle_timeout_s", "max_idle_timeout_s"),
+        ):
+            value, most = getattr(self, limit), getattr(self, cap)
+            if value is not None and most is not None and value > most:
+                raise ValueError(
+                    f"{limit} ({value:g} s) is above {cap} ({most:g} s): lower it or raise the cap"
+                )
+        if (
+            not isinstance(self.run_records_per_session, int)
+            or isinstance(self.run_records_per_session, bool)
+            or self.run_records_per_session < 0
+        ):
+            raise ValueError(
+                "run_records_per_session must be a whole number >= 0, got "
+                f"{self.run_records_per_session!r}"
+            )
         if isinstance(self.cancel_backend, str):
             check_backend_url(self.cancel_backend)
 

@@ -8,15 +8,22 @@ so a new field (an action, a cause) is added here and nowhere else.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import TypeAdapter
 
-from ._models import CancelAction, CancelCause, SessionKey
+from ._models import CancelAction, CancelCause, CancelScope, SessionKey
 
 
 @dataclass(frozen=True)
 class CancelOrder:
-    """Stop the runs of one session (or one invocation of it)."""
+    """Stop the runs of one session (or one invocation of it), or of one user.
+
+    A user-wide order (``CancelOrder.for_user``) has ``scope="user"`` and a key whose
+    ``session_id`` is ``""``: it covers every session of that user in that app, and nothing
+    else. A worker that predates ``scope`` reads such an order as one for the session ``""``,
+    which matches no run: an old worker misses a user-wide cancel, it never widens one.
+    """
 
     key: SessionKey
     """Whose runs: a run of another app, user or session is never touched."""
@@ -32,6 +39,19 @@ class CancelOrder:
     """What the session keeps of the cancelled turn."""
     cause: CancelCause = "request"
     """Who or what cancels: shown in run records and metrics."""
+    scope: CancelScope = "session"
+    """``session``: the runs of ``key``; ``user``: every run of ``key``'s app and user."""
+
+    @classmethod
+    def for_user(cls, app_name: str, user_id: str, reason: str, **fields: Any) -> CancelOrder:
+        """An order for every run of one user in one app, on every session."""
+        return cls(SessionKey(app_name, user_id, ""), reason, scope="user", **fields)
+
+    def covers(self, key: SessionKey) -> bool:
+        """Whether runs of the session ``key`` are within the order's scope."""
+        if self.scope == "user":
+            return key.app_name == self.key.app_name and key.user_id == self.key.user_id
+        return key == self.key
 
     def matches(self, invocation_id: str | None) -> bool:
         """Whether a run with this invocation id is one the order is for."""

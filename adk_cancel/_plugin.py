@@ -7,12 +7,15 @@ from typing import TYPE_CHECKING
 
 from google.adk.plugins.base_plugin import BasePlugin
 
+from . import _metrics
 from ._abort_source import bind_abort_source
+from ._deadline import note_event
 from ._registry import current_run
 
 if TYPE_CHECKING:
     from google.adk.agents.callback_context import CallbackContext
     from google.adk.agents.invocation_context import InvocationContext
+    from google.adk.events.event import Event
     from google.adk.models.llm_request import LlmRequest
     from google.adk.models.llm_response import LlmResponse
     from google.genai import types
@@ -56,12 +59,33 @@ class CancelPlugin(BasePlugin):
         bind_abort_source(callback_context)
         return None
 
+    async def on_event_callback(
+        self, *, invocation_context: InvocationContext, event: Event
+    ) -> Event | None:
+        # Every event ADK yields for the run, partial text included: the idle deadline's
+        # clock (one clock read, and only for a run that has an idle limit).
+        entry = current_run.get()
+        if entry is not None:
+            note_event(entry)
+        return None
+
+    async def on_run_error_callback(
+        self, *, invocation_context: InvocationContext, error: Exception
+    ) -> None:
+        # /run_sse reports the error in its stream and returns normally: the record of a
+        # failed run learns why here.
+        entry = current_run.get()
+        if entry is not None and entry.error is None:
+            entry.error = f"{type(error).__name__}: {error}"
+
 
 def _attach(invocation_context: InvocationContext) -> None:
     entry = current_run.get()
     # Nested runners (AgentTool) call this again inside the same run: keep the first,
     # outermost invocation, which is the one a cancel must abort.
     if entry is not None and entry.invocation_context is None:
+        # ADK's invocation span is current here: a cancel adds its events to it.
+        _metrics.invocation_span(entry)
         entry.attach(invocation_context, asyncio.current_task())
 
 

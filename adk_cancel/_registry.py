@@ -15,9 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from . import _metrics
 from ._models import CancelledRun, DisconnectPolicy, Route, RunInfo, SessionKey, StoppedBy
 from ._options import CancelOptions
 from ._order import CancelOrder
+from ._records import RunRecords
 from ._stream import RunStream, RunStreams
 from ._writes import SessionWrites, session_writes
 from .backends import (
@@ -31,6 +33,7 @@ from .backends import (
 if TYPE_CHECKING:
     from google.adk.agents.invocation_context import InvocationContext
     from google.adk.sessions.base_session_service import BaseSessionService
+    from opentelemetry.trace import Span
 
 logger = logging.getLogger("adk_cancel")
 
@@ -69,7 +72,8 @@ class RunEntry:
     disconnected: bool = False
     on_disconnect: DisconnectPolicy = "cancel"
     detached: bool = False
-    """The client left and the run went on (disconnect policy ``continue``)."""
+    """The client left and the run went on (disconnect policy ``continue``): nobody was
+    attached when it ended."""
     ended: bool = False
     """The run ended on its own (its answer was complete) before any cancel reached it."""
     stopped_by: StoppedBy | None = None
@@ -80,6 +84,22 @@ class RunEntry:
     output_taps: list[Callable[[Message], None]] = field(default_factory=list)
     """Called with every body chunk and websocket message the app sends its client (keep
     them cheap: they run on every streamed event)."""
+    cancel_callbacks: list[Callable[[], None]] = field(default_factory=list)
+    """Called once, on the event loop, when the run's cancel is signalled (``adk_cancel.tools``
+    hangs tool clean-up here: killing a subprocess, waking a sync tool's wait)."""
+    rolled_back: bool | None = None
+    """A rollback cancel removed the turn (None: no rollback was asked)."""
+    rollback_error: str | None = None
+    error: str | None = None
+    """Why the run failed (``ErrorType: message``), if it did."""
+    http_status: int | None = None
+    """The status of the answer the app started (HTTP routes)."""
+    idle_watch: bool = False
+    """Whether an idle deadline watches ``last_event_mono`` (set before the run starts)."""
+    last_event_mono: float = 0.0
+    """When the run last sent an event (kept only while ``idle_watch``)."""
+    span: Span | None = None
+    """The OpenTelemetry span of the run's ADK invocation, when tracing records one."""
 
     @property
     def cancel_reason(self) -> str | None:
@@ -115,6 +135,11 @@ class RunEntry:
             # Abort right here rather than in the watcher task: it saves a loop turn.
             self.invocation_context.abort()
         self.cancel_requested.set()
+        for callback in list(self.cancel_callbacks):  # tool threads add and remove theirs
+            try:
+                callback()
+            except Exception:
+                logger.exception("adk-cancel: a cancel callback failed for run %s", self.run_id)
         self.registry.backend.announce(self.info())
 
     def writing(self) -> bool:
@@ -147,6 +172,7 @@ class RunEntry:
         done = self.finished.is_set()
         return CancelledRun(
             run_id=self.run_id,
+            session_id=self.key.session_id,
             invocation_id=self.invocation_id,
             route=self.route,
             worker=self.registry.node_id,
@@ -180,6 +206,11 @@ class RunRegistry:
         """False once the server is shutting down: new runs are refused."""
         self.run_end_hooks: list[Callable[[RunEntry], None]] = []
         """Called with each run as it leaves the registry, however it ended."""
+        self.records = RunRecords(self.options, self.backend)
+        """Records of the runs that ended (``/runs?status=``)."""
+        self.run_end_hooks.append(self.records.on_run_end)
+        self.run_end_hooks.append(_metrics.run_ended)
+        _metrics.watch_registry(self)
         self.lifespans = 0
         """How many starts of the app are running (the app's lifespan keeps count)."""
         self._by_key: dict[SessionKey, dict[str, RunEntry]] = {}
@@ -229,11 +260,25 @@ class RunRegistry:
         """Every run this process holds (the backend's heartbeat re-announces them)."""
         return [e.info() for runs in self._by_key.values() for e in runs.values()]
 
+    def user_runs_here(self, app_name: str, user_id: str) -> list[RunInfo]:
+        """Every run of one user in one app that this process holds."""
+        return [e.info() for e in self._entries(CancelOrder.for_user(app_name, user_id, ""))]
+
+    def entries_here(self) -> list[RunEntry]:
+        """Every run this process holds (metrics count them)."""
+        return [e for runs in self._by_key.values() for e in runs.values()]
+
+    def _entries(self, order: CancelOrder) -> list[RunEntry]:
+        """This process's runs that ``order`` is for: its session's, or its user's."""
+        if order.scope == "session":
+            runs: list[RunEntry] = list(self._by_key.get(order.key, {}).values())
+        else:
+            runs = [e for k, rs in self._by_key.items() if order.covers(k) for e in rs.values()]
+        return [e for e in runs if order.matches(e.invocation_id)]
+
     async def cancel_here(self, order: CancelOrder) -> list[CancelledRun]:
         """Cancel the order's runs that this process holds."""
-        entries = [
-            e for e in self._by_key.get(order.key, {}).values() if order.matches(e.invocation_id)
-        ]
+        entries = self._entries(order)
         for entry in entries:
             entry.request_cancel(order)
         if order.wait:
@@ -256,6 +301,7 @@ class RunRegistry:
         self._by_key.setdefault(key, {})[entry.run_id] = entry
         self._idle.clear()
         self.backend.announce(entry.info())
+        _metrics.run_started(entry)
         return entry
 
     def unregister(self, entry: RunEntry) -> None:
@@ -298,6 +344,22 @@ class RunRegistry:
         local = self.runs_here(key)
         try:
             remote = await self.backend.list_remote(key)
+        except BackendUnavailable as exc:
+            return local, exc
+        seen = {r.run_id for r in local}
+        return local + [r for r in remote if r.run_id not in seen], None
+
+    async def user_runs_everywhere(
+        self, app_name: str, user_id: str
+    ) -> tuple[list[RunInfo], BackendUnavailable | None]:
+        """Every run of one user in one app, on every process (as ``runs_everywhere``)."""
+        await self.start()
+        local = self.user_runs_here(app_name, user_id)
+        list_user = getattr(self.backend, "list_user_remote", None)
+        if list_user is None:  # a backend written before user-wide cancels
+            return local, None
+        try:
+            remote: list[RunInfo] = await list_user(app_name, user_id)
         except BackendUnavailable as exc:
             return local, exc
         seen = {r.run_id for r in local}

@@ -60,6 +60,7 @@ def cancelled_event(entry: RunEntry) -> dict[str, Any]:
             "invocationId": entry.invocation_id,
             "runId": entry.run_id,
             "stoppedBy": entry.stopped_by or entry.stop_kind(),
+            "cause": entry.cancel_order.cause if entry.cancel_order is not None else None,
         },
     }
 
@@ -103,6 +104,7 @@ class Response:
         entry = self.entry
         if kind == "http.response.start":
             self.started = True
+            entry.http_status = message.get("status")
             headers = list(message.get("headers", []))
             self.sse = any(
                 k.lower() == b"content-type" and v.startswith(b"text/event-stream")

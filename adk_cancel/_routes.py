@@ -1,24 +1,35 @@
-"""The ``:cancel`` and ``/runs`` routes."""
+"""The ``:cancel`` routes (a session's runs, a user's runs) and ``/runs``."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, FastAPI, HTTPException, Request, Response
+from fastapi import APIRouter, Body, FastAPI, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ._models import CancelRequest, CancelResponse, RunsResponse, SessionKey
+from ._models import (
+    CancelledRun,
+    CancelRequest,
+    CancelResponse,
+    RemainingRun,
+    RunInfo,
+    RunsResponse,
+    SessionKey,
+    UserCancelResponse,
+)
 from ._order import CancelOrder
+from ._records import STATUS_FILTERS, parse_status
 from ._registry import RunRegistry
 from .backends import BackendUnavailable
 
 SESSION_PATH = "/apps/{app_name}/users/{user_id}/sessions/{session_id}"
 CANCEL_PATH = SESSION_PATH + ":cancel"
 RUNS_PATH = SESSION_PATH + "/runs"
+USER_CANCEL_PATH = "/apps/{app_name}/users/{user_id}:cancel"
 DEFAULT_REASON = "cancelled by request"
 ECHO_CHARS = 80
 """How much of a rejected input value a 422 answer repeats."""
@@ -31,6 +42,14 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     },
     503: {"description": "The cancel backend (e.g. Redis) is unreachable."},
 }
+_USER_ERRORS: dict[int | str, dict[str, Any]] = {
+    **_ERRORS,
+    404: {"description": "No worker holds an active run of this user in this app."},
+}
+_RUNS_ERRORS: dict[int | str, dict[str, Any]] = {
+    422: {"description": "``status`` is not a run status (or a comma-separated list of them)."},
+    503: _ERRORS[503],
+}
 
 
 def _no_run(key: SessionKey) -> HTTPException:
@@ -38,6 +57,44 @@ def _no_run(key: SessionKey) -> HTTPException:
         status_code=404,
         detail=f"No active run for session {key.session_id!r} of user {key.user_id!r} "
         f"in app {key.app_name!r}.",
+    )
+
+
+def _no_user_run(app_name: str, user_id: str) -> HTTPException:
+    return HTTPException(
+        status_code=404, detail=f"No active run for user {user_id!r} in app {app_name!r}."
+    )
+
+
+def _remaining(runs: list[RunInfo], cancelled: list[CancelledRun]) -> list[RemainingRun]:
+    """The listed runs a cancel did not stop (nor was stopping)."""
+    done = {r.run_id for r in cancelled}
+    return [
+        RemainingRun(
+            run_id=r.run_id,
+            invocation_id=r.invocation_id,
+            route=r.route,
+            session_id=r.session_id,
+            worker=r.worker,
+        )
+        for r in runs
+        if r.run_id not in done
+    ]
+
+
+def _warning(remaining: list[RemainingRun], scope: str, narrow: bool) -> str | None:
+    if not remaining:
+        return None
+    n = len(remaining)
+    runs, verb = ("run", "is") if n == 1 else ("runs", "are")
+    if narrow:
+        return (
+            f"{n} other {runs} of this {scope} {verb} still active (listed in "
+            "remaining_active): cancel without invocation_id to stop every one."
+        )
+    return (
+        f"{n} {runs} of this {scope} started while it was being cancelled and {verb} still "
+        "active (listed in remaining_active): cancel again to stop them."
     )
 
 
@@ -130,6 +187,11 @@ def build_router(registry: RunRegistry) -> APIRouter:
         runs, error = await registry.cancel_everywhere(order)
         if not runs:
             raise _unavailable(error) if error is not None else _no_run(key)
+        remaining: list[RemainingRun] = []
+        if order.invocation_id is not None:
+            # A narrow cancel: say what it left running (this worker's alone if the
+            # backend is down; the answer says so in ``unreachable``).
+            remaining = _remaining((await registry.runs_everywhere(key))[0], runs)
         answer = CancelResponse(
             status="cancelled" if request.wait else "cancelling",
             app_name=app_name,
@@ -138,6 +200,51 @@ def build_router(registry: RunRegistry) -> APIRouter:
             reason=order.reason,
             runs=runs,
             unreachable=None if error is None else _unreachable(error),
+            remaining_active=remaining,
+            warning=_warning(remaining, "session", narrow=True),
+        )
+        return JSONResponse(
+            answer.model_dump(mode="json"), status_code=200 if request.wait else 202
+        )
+
+    @router.post(
+        USER_CANCEL_PATH,
+        response_model=UserCancelResponse,
+        responses={202: {"model": UserCancelResponse}, **_USER_ERRORS},
+        summary="Stop every run in flight of one user in one app, on every worker",
+    )
+    async def cancel_user_runs(
+        app_name: str,
+        user_id: str,
+        body: Annotated[CancelRequest | None, Body()] = None,
+    ) -> JSONResponse:
+        request = body or CancelRequest()
+        order = CancelOrder.for_user(
+            app_name,
+            user_id,
+            request.reason or DEFAULT_REASON,
+            invocation_id=request.invocation_id,
+            wait=request.wait,
+            timeout_s=request.timeout_s or registry.default_timeout_s(),
+        )
+        runs, error = await registry.cancel_everywhere(order)
+        if not runs:
+            if error is not None:
+                raise _unavailable(error)
+            raise _no_user_run(app_name, user_id)
+        # Runs the cancel did not name (another invocation), or that started meanwhile.
+        listed, _ = await registry.user_runs_everywhere(app_name, user_id)
+        remaining = _remaining(listed, runs)
+        answer = UserCancelResponse(
+            status="cancelled" if request.wait else "cancelling",
+            app_name=app_name,
+            user_id=user_id,
+            sessions=sorted({r.session_id for r in runs if r.session_id is not None}),
+            reason=order.reason,
+            runs=runs,
+            unreachable=None if error is None else _unreachable(error),
+            remaining_active=remaining,
+            warning=_warning(remaining, "user", narrow=order.invocation_id is not None),
         )
         return JSONResponse(
             answer.model_dump(mode="json"), status_code=200 if request.wait else 202
@@ -146,20 +253,43 @@ def build_router(registry: RunRegistry) -> APIRouter:
     @router.get(
         RUNS_PATH,
         response_model=RunsResponse,
-        responses={503: _ERRORS[503]},
-        summary="List a session's runs in flight, on every worker",
+        responses=_RUNS_ERRORS,
+        summary="List a session's runs in flight, on every worker (and recent ones, by status)",
     )
-    async def list_session_runs(app_name: str, user_id: str, session_id: str) -> RunsResponse:
+    async def list_session_runs(
+        app_name: str,
+        user_id: str,
+        session_id: str,
+        status: Annotated[
+            str | None,
+            Query(
+                description="Which runs: active (the default: queued, running, cancelling), "
+                "all (with the records of recent runs), or any of "
+                f"{', '.join(STATUS_FILTERS[2:])}; several comma-separated.",
+                max_length=200,
+            ),
+        ] = None,
+    ) -> RunsResponse | JSONResponse:
+        try:
+            wanted = parse_status(status)
+        except ValueError as exc:
+            return _invalid([{"loc": ["query", "status"], "msg": str(exc), "input": status}])
         key = SessionKey(app_name, user_id, session_id)
         runs, error = await registry.runs_everywhere(key)
         if error is not None and not runs:
             # Nothing known here, and the other workers can't be asked: not "no runs".
             raise _unavailable(error)
+        if not wanted.isdisjoint(("cancelled", "finished", "failed", "timed_out")):
+            records, records_error = await registry.records.everywhere(key)
+            error = error or records_error
+            # A record is final: it wins over a listing another worker has not withdrawn yet.
+            ended = {r.run_id for r in records}
+            runs = [r for r in runs if r.run_id not in ended] + records
         return RunsResponse(
             app_name=app_name,
             user_id=user_id,
             session_id=session_id,
-            runs=runs,
+            runs=[r for r in runs if r.status in wanted],
             unreachable=None if error is None else _unreachable(error),
         )
 

@@ -146,6 +146,47 @@ def _with_client_options(func: Any) -> Any:
     return func
 
 
+_cancel_options = [
+    click.option(
+        "--invocation", "invocation_id", default=None, help="Cancel only this invocation."
+    ),
+    click.option("--reason", default=None, help="Why; shown to the run's client."),
+    click.option(
+        "--wait/--no_wait",
+        default=True,
+        show_default=True,
+        help="Answer once the runs have stopped (--no_wait: once the cancel is signalled).",
+    ),
+    click.option(
+        "--timeout_s",
+        type=click.FloatRange(min=0, min_open=True, max=300),
+        default=None,
+        help="With --wait, answer after this long even if a run has not stopped.",
+    ),
+]
+
+
+def _with_cancel_options(func: Any) -> Any:
+    for option in reversed(_cancel_options):
+        func = option(func)
+    return func
+
+
+def _cancel(url: str, path: str, body: dict[str, Any], timeout_s: float | None) -> None:
+    """POST a cancel, print the answer and its warning; exit 0 (cancelled), 1 (nothing to
+    cancel) or 2 (any other error)."""
+    body = {k: v for k, v in body.items() if v is not None}
+    response = _call("POST", url, path, json=body, timeout=(timeout_s or 30) + 5)
+    try:
+        warning = response.json().get("warning")
+    except (ValueError, AttributeError):
+        warning = None
+    if warning:
+        # What a narrow cancel left running: said on stderr, where a script's reader looks.
+        click.echo(f"warning: {warning}", err=True)
+    sys.exit(0 if response.status_code in (200, 202) else 1 if response.status_code == 404 else 2)
+
+
 def _call(method: str, url: str, path: str, **kwargs: Any) -> httpx.Response:
     """``method url+path``, printing the answer (JSON indented); exit 2 if unreachable."""
     import httpx  # imported here: `adk-cancel --help` needs none of it
@@ -164,20 +205,7 @@ def _call(method: str, url: str, path: str, **kwargs: Any) -> httpx.Response:
 
 @main.command("cancel")
 @_with_client_options
-@click.option("--invocation", "invocation_id", default=None, help="Cancel only this invocation.")
-@click.option("--reason", default=None, help="Why; shown to the run's client.")
-@click.option(
-    "--wait/--no_wait",
-    default=True,
-    show_default=True,
-    help="Answer once the runs have stopped (--no_wait: once the cancel is signalled).",
-)
-@click.option(
-    "--timeout_s",
-    type=click.FloatRange(min=0, min_open=True, max=300),
-    default=None,
-    help="With --wait, answer after this long even if a run has not stopped.",
-)
+@_with_cancel_options
 def cancel_command(
     url: str,
     app_name: str,
@@ -189,25 +217,49 @@ def cancel_command(
     timeout_s: float | None,
 ) -> None:
     """Stop the runs in flight for a session. Exit 0 when cancelled, 1 when none was
-    running, 2 on any other error."""
-    body: dict[str, Any] = {"wait": wait}
-    for name, value in (
-        ("invocation_id", invocation_id),
-        ("reason", reason),
-        ("timeout_s", timeout_s),
-    ):
-        if value is not None:
-            body[name] = value
-    path = _session_path(app_name, user_id, session_id) + ":cancel"
-    response = _call("POST", url, path, json=body, timeout=(timeout_s or 30) + 5)
-    sys.exit(0 if response.status_code in (200, 202) else 1 if response.status_code == 404 else 2)
+    running, 2 on any other error. A cancel naming --invocation prints a warning (stderr)
+    when other runs of the session stay active."""
+    body = {"wait": wait, "invocation_id": invocation_id, "reason": reason, "timeout_s": timeout_s}
+    _cancel(url, _session_path(app_name, user_id, session_id) + ":cancel", body, timeout_s)
+
+
+@main.command("cancel_user")
+@click.option(
+    "--url", default="http://127.0.0.1:8000", show_default=True, help="The server's address."
+)
+@click.option("--app", "app_name", required=True, help="App (agent directory) name.")
+@click.option("--user", "user_id", required=True, help="User id whose runs to stop.")
+@_with_cancel_options
+def cancel_user_command(
+    url: str,
+    app_name: str,
+    user_id: str,
+    invocation_id: str | None,
+    reason: str | None,
+    wait: bool,
+    timeout_s: float | None,
+) -> None:
+    """Stop every run in flight of one user in one app, on every worker (a logged-out user).
+    Exit 0 when cancelled, 1 when none was running, 2 on any other error."""
+    body = {"wait": wait, "invocation_id": invocation_id, "reason": reason, "timeout_s": timeout_s}
+    _cancel(url, f"/apps/{app_name}/users/{user_id}:cancel", body, timeout_s)
 
 
 @main.command("runs")
 @_with_client_options
-def runs_command(url: str, app_name: str, user_id: str, session_id: str) -> None:
-    """List a session's runs in flight."""
-    response = _call("GET", url, _session_path(app_name, user_id, session_id) + "/runs", timeout=10)
+@click.option(
+    "--status",
+    default=None,
+    help="Which runs: active (default), all (with recent ended runs), or statuses such as "
+    "cancelled,timed_out (comma-separated).",
+)
+def runs_command(
+    url: str, app_name: str, user_id: str, session_id: str, status: str | None
+) -> None:
+    """List a session's runs in flight (and with --status, its recent ones)."""
+    params = {"status": status} if status is not None else None
+    path = _session_path(app_name, user_id, session_id) + "/runs"
+    response = _call("GET", url, path, params=params, timeout=10)
     sys.exit(0 if response.status_code == 200 else 2)
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "TEST_AGENTS",
     "build_app",
     "free_port",
+    "group_members",
     "memory_services",
     "message",
     "run_body",
@@ -54,3 +55,19 @@ def build_app(agents_dir: str = str(TEST_AGENTS), **kwargs: Any) -> Any:
     import adk_cancel
 
     return adk_cancel.get_fast_api_app(agents_dir=agents_dir, **{**memory_services(), **kwargs})
+
+
+def group_members(pgid: int) -> list[str]:
+    """The live (not zombie) processes of a process group, read from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        state, _ppid, pgrp = stat[stat.rfind(")") + 2 :].split()[:3]
+        if int(pgrp) == pgid and state != "Z":
+            found.append(f"{entry.name} ({state}) {stat[stat.find('(') : stat.rfind(')') + 1]}")
+    return found

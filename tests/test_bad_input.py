@@ -133,7 +133,8 @@ def test_run_routes_never_answer_worse_than_plain_adk(route: str, body: bytes) -
 
 def test_schema_driven_requests_never_get_a_server_error(served_schema: Any) -> None:
     operations = [result.ok() for result in served_schema.get_all_operations()]
-    assert len(operations) == 4, [op.label for op in operations]  # :cancel, /runs, /run(_sse)
+    # A session's and a user's :cancel, /runs, /run(_sse)
+    assert len(operations) == 5, [op.label for op in operations]
     for operation in operations:
 
         @settings(

@@ -244,15 +244,19 @@ def test_flags_reach_the_app_and_adks_factory_is_its_own_again(served_apps: list
     assert fast_api.get_fast_api_app is adk_factory
     (app,) = served_apps
     assert app.state.adk_cancel.options == CancelOptions(
-        cancel_grace_s=0.25, cancel_node_id="cli-worker", shutdown_grace_s=0.0, chat=False
+        cancel_grace_s=0.25,
+        cancel_node_id="cli-worker",
+        shutdown_grace_s=0.0,
+        chat=False,
+        gc_freeze=True,
     )
     assert "/chat" not in {getattr(r, "path", None) for r in app.router.routes}
 
-    # Again, with the CLI's defaults: chat on.
+    # Again, with the CLI's defaults: chat on, the heap loaded at startup frozen.
     again = CliRunner().invoke(main, ["api_server", "--no-reload", *MEMORY, str(TEST_AGENTS)])
     assert again.exit_code == 0, again.output
     assert fast_api.get_fast_api_app is adk_factory
-    assert served_apps[1].state.adk_cancel.options == CancelOptions(chat=True)
+    assert served_apps[1].state.adk_cancel.options == CancelOptions(chat=True, gc_freeze=True)
 
 
 def test_adks_factory_is_restored_when_the_command_fails(monkeypatch: pytest.MonkeyPatch) -> None:

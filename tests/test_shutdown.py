@@ -151,8 +151,20 @@ def test_a_signal_lets_runs_finish_then_cancels_the_rest_and_exits_0(
 
         for sid in sids.values():
             assert _stored_unanswered(db, sid) == []
-        left = redis.Redis.from_url(redis_server.url).keys(f"{prefix}*")
-        assert left == [], left
+        # A clean shutdown leaves nothing that lists the worker: only each run's record, which
+        # it wrote on its way out (and which expires).
+        store = redis.Redis.from_url(redis_server.url)
+        records = {route: f"{prefix}:records:slow_agent/u/{sid}" for route, sid in sids.items()}
+        left = sorted(store.keys(f"{prefix}*"))
+        assert left == sorted(key.encode() for key in records.values()), left
+        assert all(store.pttl(key) > 0 for key in left)
+        ended = {route: json.loads(store.lindex(key, 0) or "{}") for route, key in records.items()}
+        assert {route: (r["status"], r["cancelled_by"]) for route, r in ended.items()} == {
+            "run": ("cancelled", "shutdown"),
+            "run_sse": ("cancelled", "shutdown"),
+            "run_live": ("cancelled", "shutdown"),
+            "quick": ("finished", None),
+        }
 
 
 def test_an_app_started_again_after_its_shutdown_takes_runs() -> None:

@@ -49,12 +49,15 @@ class LocalNode(Protocol):
 
 @runtime_checkable
 class CancelBackend(Protocol):
-    """A cross-process channel for run announcements and cancels.
+    """A cross-process channel for run announcements, cancels and run records.
 
-    ``announce`` and ``withdraw`` are called on the hot path of every run: they must neither
-    block nor raise (queue the work on a task the backend owns). ``list_remote`` and
-    ``cancel_remote`` cover the *other* processes only and raise ``BackendUnavailable`` when
-    those cannot be reached.
+    ``announce``, ``withdraw`` and ``save_record`` are called on the path of every run: they
+    must neither block nor raise (queue the work on a task the backend owns).
+    ``list_remote``, ``list_user_remote`` and ``cancel_remote`` cover the *other* processes
+    only and raise ``BackendUnavailable`` when those cannot be reached. ``cancel_remote``
+    takes user-wide orders too (``order.scope == "user"``: every session of ``order.key``'s
+    app and user). Records are shared: ``list_records`` returns what every process saved,
+    this one's included (``memory://`` keeps none; the registry keeps this process's own).
     """
 
     async def connect(self, node: LocalNode) -> None: ...
@@ -68,6 +71,18 @@ class CancelBackend(Protocol):
     async def list_remote(self, key: SessionKey) -> list[RunInfo]: ...
 
     async def cancel_remote(self, order: CancelOrder) -> list[CancelledRun]: ...
+
+    async def list_user_remote(self, app_name: str, user_id: str) -> list[RunInfo]:
+        """Every run of one user in one app that other processes hold."""
+        ...
+
+    def save_record(self, record: RunInfo, keep: int, ttl_s: float) -> None:
+        """Keep an ended run's record: the session's newest ``keep``, for ``ttl_s``."""
+        ...
+
+    async def list_records(self, key: SessionKey, limit: int) -> list[RunInfo]:
+        """The session's saved records (at most ``limit``), newest first."""
+        ...
 
 
 @runtime_checkable

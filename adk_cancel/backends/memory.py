@@ -39,3 +39,12 @@ class MemoryBackend:
         self, key: SessionKey, run_id: str, after: int, wait_s: float
     ) -> StreamPage | None:
         return None
+
+    async def list_user_remote(self, app_name: str, user_id: str) -> list[RunInfo]:
+        return []
+
+    def save_record(self, record: RunInfo, keep: int, ttl_s: float) -> None:
+        return None  # the registry keeps this process's records; there is no other process
+
+    async def list_records(self, key: SessionKey, limit: int) -> list[RunInfo]:
+        return []

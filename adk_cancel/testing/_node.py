@@ -105,7 +105,7 @@ class SimpleNode:
         chosen = [
             r
             for r in self.runs.values()
-            if _key(r.info) == order.key and order.matches(r.info.invocation_id)
+            if order.covers(_key(r.info)) and order.matches(r.info.invocation_id)
         ]
         for run in chosen:
             if run.cancel_at is None:
@@ -119,6 +119,7 @@ class SimpleNode:
         return [
             CancelledRun(
                 run_id=r.info.run_id,
+                session_id=r.info.session_id,
                 invocation_id=r.info.invocation_id,
                 route=r.info.route,
                 worker=self.node_id,

@@ -322,6 +322,21 @@ class PeerBackend:
             session_id=key.session_id, route="run_sse", started_at=time.time(), worker=self.PEER,
         )  # fmt: skip
 
+    async def list_user_remote(self, app_name: str, user_id: str) -> list[RunInfo]:
+        self._record("list_user_remote", (app_name, user_id))
+        if self.down:
+            raise BackendUnavailable("the peer bus is down")
+        return []
+
+    def save_record(self, record: RunInfo, keep: int, ttl_s: float) -> None:
+        self._record("save_record", record)
+
+    async def list_records(self, key: SessionKey, limit: int) -> list[RunInfo]:
+        self._record("list_records", key)
+        if self.down:
+            raise BackendUnavailable("the peer bus is down")
+        return []
+
     async def list_remote(self, key: SessionKey) -> list[RunInfo]:
         self._record("list_remote", key)
         if self.down:
@@ -387,6 +402,13 @@ def test_custom_backend_object(observed: list[dict[str, Any]]) -> None:
         wait_until(
             lambda: any(n == "withdraw" and v.session_id == sid for n, v in list(backend.calls))
         )
+        # The run's record is handed to the backend as the run ends.
+        [saved] = wait_until(
+            lambda: [
+                v for n, v in list(backend.calls) if n == "save_record" and v.session_id == sid
+            ]
+        )
+        assert (saved.status, saved.worker) == ("cancelled", registry.node_id)
 
         # Remote part down: listing answers 503; a cancel with a local run still stops it.
         backend.down = True

@@ -14,6 +14,7 @@ import functools
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -145,6 +146,12 @@ class RedisBackend:
         if self._link is not None:
             self._link.submit(Op("events", events=write))
 
+    def save_record(self, record: RunInfo, keep: int, ttl_s: float) -> None:
+        # Queued like an announcement; a record of a run that ends while Redis is down stays
+        # on its worker only (the snapshot written on reconnecting covers active runs).
+        if self._link is not None and keep > 0:
+            self._link.submit(Op("record", record, keep=keep, ttl_ms=max(1, int(ttl_s * 1000))))
+
     # -- reads and cancels ------------------------------------------------------------------
 
     async def _ready(self) -> tuple[Link, Redis]:
@@ -164,19 +171,48 @@ class RedisBackend:
         return await self._reader.read(key, run_id, after, wait_s)
 
     async def list_remote(self, key: SessionKey) -> list[RunInfo]:
+        return await self._list(lambda keys: keys.runs(key))
+
+    async def list_user_remote(self, app_name: str, user_id: str) -> list[RunInfo]:
+        return await self._list(lambda keys: keys.user_runs(app_name, user_id))
+
+    async def _list(self, hash_of: Callable[[KeyLayout], str]) -> list[RunInfo]:
         link, client = await self._ready()
         try:
-            holders = await self._holders(link, client, key)
+            holders = await self._holders(link, client, hash_of(link.keys))
         except FAILURES as exc:
             raise link.error_for(exc) from exc
         return [run for runs in holders.values() for run in runs]
 
+    async def list_records(self, key: SessionKey, limit: int) -> list[RunInfo]:
+        if limit <= 0:
+            return []
+        link, client = await self._ready()
+        try:
+            values = cast("list[str]", await client.lrange(link.keys.records(key), 0, limit - 1))
+        except FAILURES as exc:
+            raise link.error_for(exc) from exc
+        records = []
+        for value in values:
+            try:
+                records.append(parse_run(value))
+            except ValueError:
+                continue  # not ours: anyone with access to Redis can write there
+        return records
+
+    @staticmethod
+    def _hash_of(keys: KeyLayout, order: CancelOrder) -> str:
+        """The hash listing the runs an order is for: its session's, or its user's."""
+        if order.scope == "user":
+            return keys.user_runs(order.key.app_name, order.key.user_id)
+        return keys.runs(order.key)
+
     async def _holders(
-        self, link: Link, client: Redis, key: SessionKey, *, check_alive: bool = True
+        self, link: Link, client: Redis, hash_key: str, *, check_alive: bool = True
     ) -> dict[str, list[RunInfo]]:
-        """Runs of a session held by other live processes, by node id (without
-        ``check_alive``, also those of processes that died within the last TTL)."""
-        hash_key = link.keys.runs(key)
+        """Runs in one of our hashes (a session's, a user's) held by other live processes, by
+        node id (without ``check_alive``, also those of processes that died within the last
+        TTL)."""
         # decode_responses=True: redis-py's bytes-or-str annotation is wider than what comes back.
         entries = cast("dict[str, str]", await client.hgetall(hash_key))
         by_node: dict[str, list[tuple[str, RunInfo]]] = {}
@@ -218,12 +254,13 @@ class RedisBackend:
         return {n for n, is_alive in zip(nodes, alive, strict=True) if is_alive is None}
 
     async def cancel_remote(self, order: CancelOrder) -> list[CancelledRun]:
-        key, invocation_id = order.key, order.invocation_id
+        invocation_id = order.invocation_id
         link, client = await self._ready()
+        hash_key = self._hash_of(link.keys, order)
         try:
             # Liveness is checked after publishing, and only for the nodes nobody heard:
             # one round trip less on the common path.
-            holders = await self._holders(link, client, key, check_alive=False)
+            holders = await self._holders(link, client, hash_key, check_alive=False)
         except FAILURES as exc:
             raise link.error_for(exc) from exc
         if invocation_id is not None:
@@ -259,7 +296,7 @@ class RedisBackend:
                     for run in holders.pop(node_id)
                 ]
                 if fields:
-                    link.submit(Op("prune", hash_key=link.keys.runs(key), fields=tuple(fields)))
+                    link.submit(Op("prune", hash_key=hash_key, fields=tuple(fields)))
             deadline = order.timeout_s + self.reply_margin_s if order.wait else self.ack_timeout_s
             with anyio.move_on_after(deadline):
                 await pending.done.wait()
@@ -297,6 +334,7 @@ class RedisBackend:
             results.extend(
                 CancelledRun(
                     run_id=run.run_id,
+                    session_id=run.session_id,
                     invocation_id=run.invocation_id,
                     route=run.route,
                     worker=run.worker,

@@ -5,6 +5,11 @@
   the same TTL refreshed by the holders. One HGETALL plus one MGET of the holders' node keys
   lists a session; entries of a node whose key has expired (a crashed process) are skipped
   and pruned.
+- ``{prefix}:user:{app}/{user}``: hash ``{node}/{run_id}`` -> ``RunInfo`` JSON, the same
+  entries as the session hashes, by user: what a user-wide cancel reads. Same TTL.
+- ``{prefix}:records:{app}/{user}/{session}``: list of the session's run records (``RunInfo``
+  JSON, newest first), trimmed to ``run_records_per_session`` and expiring
+  ``run_records_ttl_s`` after the last one was written.
 - ``{prefix}:chan:{node}``: the pub/sub channel of one process. Cancel requests for its runs
   arrive there, and so do the replies to the cancels it sent (matched by request id).
 
@@ -53,6 +58,12 @@ class KeyLayout:
 
     def runs(self, key: SessionKey) -> str:
         return f"{self.prefix}:runs:{show(key)}"
+
+    def user_runs(self, app_name: str, user_id: str) -> str:
+        return f"{self.prefix}:user:{encode(app_name)}/{encode(user_id)}"
+
+    def records(self, key: SessionKey) -> str:
+        return f"{self.prefix}:records:{show(key)}"
 
     def run_field(self, node_id: str, run_id: str) -> str:
         return f"{encode(node_id)}/{encode(run_id)}"

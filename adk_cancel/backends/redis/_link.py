@@ -171,9 +171,11 @@ class Link:
                 if not owner.done():
                     logger.warning("adk-cancel: the Redis backend's task did not stop: %s", owner)
             if was_up and self._client is not None:
-                # Other processes stop listing this one at once rather than after the TTL.
+                # What is still queued (the records of runs a shutdown just ended) is written;
+                # then other processes stop listing this one at once rather than after the TTL.
                 with anyio.move_on_after(self._op_timeout_s * 2):
                     with contextlib.suppress(*FAILURES):
+                        await self.writer.flush(self._client)
                         await self.writer.forget(self._client)
             await self._close_clients()
         self.state = State.IDLE

@@ -1,8 +1,8 @@
-"""Every write to Redis: announcements, withdrawals, prunes and the heartbeat.
+"""Every write to Redis: announcements, withdrawals, prunes, run records and the heartbeat.
 
-``announce`` and ``withdraw`` run on every run's path, so they only queue; one loop writes the
-queue in order, a pipeline per batch, and a heartbeat every TTL/3. Each queued write stands
-alone: one that cannot be built or that Redis refuses (``WRONGTYPE`` on a key someone else
+``announce``, ``withdraw`` and ``record`` run on every run's path, so they only queue; one loop
+writes the queue in order, a pipeline per batch, and a heartbeat every TTL/3. Each queued write
+stands alone: one that cannot be built or that Redis refuses (``WRONGTYPE`` on a key someone else
 wrote there) is logged once and dropped, and the rest of its batch is written. Only a round
 trip that fails (Redis unreachable, not answering) stops the loop, for the link to reconnect.
 """
@@ -44,11 +44,15 @@ Location = tuple[str, str]
 class Op:
     """One queued write."""
 
-    kind: Literal["announce", "withdraw", "prune", "events"]
+    kind: Literal["announce", "withdraw", "prune", "events", "record"]
     run: RunInfo | None = None
     hash_key: str = ""
     fields: tuple[str, ...] = ()
     events: StreamWrite | None = None
+    keep: int = 0
+    """record: how many records the session's list keeps."""
+    ttl_ms: int = 0
+    """record: how long the list lives after this write."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,8 @@ class _Staged:
 
     op: Op
     commands: int
-    location: Location | None  # announce: where the entry now is; withdraw: None
+    locations: tuple[Location, ...] | None
+    """announce: where the entry now is (its session's hash and its user's); else None."""
 
 
 class Writer:
@@ -68,8 +73,8 @@ class Writer:
         self.node_id = node_id
         self.ttl_ms = ttl_ms
         self.queue: asyncio.Queue[Op] = asyncio.Queue()
-        self.published: dict[str, Location] = {}
-        """run_id -> its entry as last written, to remove what a lost withdraw left. Changed
+        self.published: dict[str, tuple[Location, ...]] = {}
+        """run_id -> its entries as last written, to remove what a lost withdraw left. Changed
         only once Redis has a write: one lost in an outage stays listed here, so the snapshot
         after reconnecting removes what it left behind."""
         self._refused: set[str] = set()
@@ -125,13 +130,13 @@ class Writer:
         for item, answers in _split(staged, results):
             if (error := _first_error(answers)) is not None:
                 self._refuse(item.op, error)
-            elif item.op.run is not None:
+            elif item.op.run is not None and item.op.kind != "record":
                 run_id = item.op.run.run_id
-                if item.location is None:
+                if item.locations is None:
                     self.published.pop(run_id, None)
                     self._refused.discard(run_id)
                 else:
-                    self.published[run_id] = item.location
+                    self.published[run_id] = item.locations
 
     async def write_snapshot(
         self, client: Redis, runs: list[RunInfo], streams: Sequence[RunStream] = ()
@@ -150,59 +155,80 @@ class Writer:
                 s for run in runs if (s := self._stage(pipe, Op("announce", run))) is not None
             ]
             # Entries a lost withdraw left, including a run's old key after it was re-keyed.
-            current = {s.location for s in staged}
-            for location in self.published.values():
-                if location not in current:
-                    pipe.hdel(*location)
+            current = {loc for s in staged for loc in s.locations or ()}
+            for locations in self.published.values():
+                for location in locations:
+                    if location not in current:
+                        pipe.hdel(*location)
             results = await pipe.execute(raise_on_error=False)
         if isinstance(results[0], Exception):
             # Without its node key this process looks dead to the others: that is an outage.
             raise results[0]
         self.streams.check(results[1 : 1 + stream_commands])
-        published: dict[str, Location] = {}
+        published: dict[str, tuple[Location, ...]] = {}
         for item, answers in _split(staged, results[1 + stream_commands :]):
             if (error := _first_error(answers)) is not None:
                 self._refuse(item.op, error)
-            elif item.op.run is not None and item.location is not None:
-                published[item.op.run.run_id] = item.location
+            elif item.op.run is not None and item.locations is not None:
+                published[item.op.run.run_id] = item.locations
         self.published = published
         self._refused &= {run.run_id for run in runs}
+
+    async def flush(self, client: Redis) -> None:
+        """Write what is queued now (the loop that would have has ended)."""
+        batch = []
+        while not self.queue.empty():
+            batch.append(self.queue.get_nowait())
+        if batch:
+            await self.write_batch(client, batch)
 
     async def forget(self, client: Redis) -> None:
         """Remove this process's node key and entries, so others stop listing it at once."""
         async with client.pipeline(transaction=False) as pipe:
             pipe.delete(self.keys.node(self.node_id))
-            for location in self.published.values():
-                pipe.hdel(*location)
+            for locations in self.published.values():
+                for location in locations:
+                    pipe.hdel(*location)
             await pipe.execute()
         self.published.clear()
 
     def _stage(self, pipe: Pipeline, op: Op) -> _Staged | None:
         """Queue ``op``'s commands on ``pipe``; None (logged) if it cannot be written."""
         try:
-            commands, location = self._commands(op)
+            commands, locations = self._commands(op)
         except Exception as exc:  # nothing should get here; if it does, it is this op's alone
             self._refuse(op, exc)
             return None
         for command in commands:
             pipe.execute_command(*command)
-        return _Staged(op, len(commands), location)
+        return _Staged(op, len(commands), locations)
 
-    def _commands(self, op: Op) -> tuple[list[tuple[str | int | bytes, ...]], Location | None]:
+    def _commands(
+        self, op: Op
+    ) -> tuple[list[tuple[str | int | bytes, ...]], tuple[Location, ...] | None]:
         if op.events is not None:
             return self.streams.commands(op.events), None
         if op.kind == "prune":
             return [("HDEL", op.hash_key, *op.fields)], None
         run = op.run
         assert run is not None
-        hash_key = self.keys.runs(SessionKey(run.app_name, run.user_id, run.session_id))
+        key = SessionKey(run.app_name, run.user_id, run.session_id)
+        if op.kind == "record":
+            records = self.keys.records(key)
+            return [
+                ("LPUSH", records, dump(run)),
+                ("LTRIM", records, 0, max(0, op.keep - 1)),
+                ("PEXPIRE", records, max(1, op.ttl_ms)),
+            ], None
         run_field = self.keys.run_field(self.node_id, run.run_id)
+        hashes = (self.keys.runs(key), self.keys.user_runs(run.app_name, run.user_id))
         if op.kind == "withdraw":
-            return [("HDEL", hash_key, run_field)], None
-        return [
-            ("HSET", hash_key, run_field, dump(run)),
-            ("PEXPIRE", hash_key, self.ttl_ms),
-        ], (hash_key, run_field)
+            return [("HDEL", hash_key, run_field) for hash_key in hashes], None
+        value = dump(run)
+        commands: list[tuple[str | int | bytes, ...]] = []
+        for hash_key in hashes:
+            commands += [("HSET", hash_key, run_field, value), ("PEXPIRE", hash_key, self.ttl_ms)]
+        return commands, tuple((hash_key, run_field) for hash_key in hashes)
 
     def _refuse(self, op: Op, error: BaseException) -> None:
         if op.events is not None:
@@ -217,8 +243,9 @@ class Writer:
         self._refused.add(run.run_id)
         logger.warning(
             "adk-cancel: could not write the %s of run %s of %s to Redis (%s: %s); other "
-            "workers may not list or cancel it. Other runs are not affected.",
-            "announcement" if op.kind == "announce" else "withdrawal",
+            "workers may not list or cancel it (or list its record). Other runs are not "
+            "affected.",
+            {"announce": "announcement", "withdraw": "withdrawal"}.get(op.kind, op.kind),
             run.run_id,
             show(SessionKey(run.app_name, run.user_id, run.session_id)),
             type(error).__name__,
