@@ -16,21 +16,12 @@ from google.genai import types
 from pydantic import Field, field_validator
 
 from ._abort import current_abort_probe
-from ._catalog import DEFAULT_MODEL, MODEL_PREFIX
-from ._prompt import chat_request
-from ._worker import (
-    Channel,
-    Failed,
-    Finished,
-    GenerationJob,
-    JobStats,
-    LogitsProcessorFactory,
-    MalformedToolCall,
-    MlxWorker,
-    TextPiece,
-    ToolCall,
-    get_worker,
-)
+from ._catalog import DEFAULT_MODEL, MODEL_PREFIX, check
+from ._events import Channel, Failed, Finished, JobStats, MalformedToolCall, TextPiece, ToolCall
+from ._generation import GenerationJob
+from ._prompt import ChatRequest, chat_request
+from ._sampling import LogitsProcessorFactory
+from ._worker import MlxWorker, get_worker
 
 logger = logging.getLogger("adk_cancel.mlx")
 
@@ -51,8 +42,9 @@ class MlxLlm(BaseLlm):
 
     A generation stops at the next token when the call is cancelled (ADK cancels the
     model call's task when a run is aborted), when the response generator is closed, or
-    when the invocation's abort flag is seen (bind it with
-    :func:`adk_cancel.mlx.watch_abort` or :class:`adk_cancel.mlx.MlxAbortPlugin`).
+    when the invocation's abort flag is seen (adk-cancel's plugin binds it; on a plain
+    ``Runner`` add ``plugins=[adk_cancel.CANCEL_PLUGIN]`` or use
+    :func:`adk_cancel.mlx.watch_abort`).
     """
 
     model: str = MODEL_PREFIX + DEFAULT_MODEL
@@ -70,9 +62,13 @@ class MlxLlm(BaseLlm):
 
     @field_validator("model")
     @classmethod
-    def _prefixed(cls, value: str) -> str:
+    def _known(cls, value: str) -> str:
         # ``LLMRegistry.new_llm("mlx:name")`` strips the prefix; put it back.
-        return value if value.startswith(MODEL_PREFIX) else MODEL_PREFIX + value
+        name = value if value.startswith(MODEL_PREFIX) else MODEL_PREFIX + value
+        # Fail where the agent is built, naming the models there are, rather than at its
+        # first answer. Raised as is (not a ValueError): pydantic passes it through.
+        check(name)
+        return name
 
     @classmethod
     def supported_models(cls) -> list[str]:
@@ -99,11 +95,31 @@ class MlxLlm(BaseLlm):
         future.add_done_callback(report)
         return future
 
+    def chat_request(self, llm_request: LlmRequest) -> ChatRequest:
+        """What this model makes of an ADK request: chat messages, tools and sampling.
+
+        Pure Python (no MLX, no model load): the messages and tools are what the model's
+        chat template is given, ``sampling`` what of the request's config is honoured.
+        Raises ``ValueError``/``TypeError`` for a request it cannot serve.
+        """
+        return chat_request(llm_request.contents, llm_request.config, self.max_output_tokens)
+
+    async def render(self, llm_request: LlmRequest) -> str:
+        """The prompt exactly as the model reads it: its chat template applied to
+        :meth:`chat_request`. Loads the model (on the worker thread) if needed."""
+        request = self.chat_request(llm_request)
+
+        def render(worker: MlxWorker) -> str:
+            loaded = worker.loaded(self.model)
+            return str(loaded.tokenizer.decode(loaded.render(request)))
+
+        return await asyncio.wrap_future(get_worker().call(render))
+
     async def generate_content_async(
         self, llm_request: LlmRequest, stream: bool = False
     ) -> AsyncGenerator[LlmResponse, None]:
         self._maybe_append_user_content(llm_request)
-        request = chat_request(llm_request.contents, llm_request.config, self.max_output_tokens)
+        request = self.chat_request(llm_request)
         job = GenerationJob(
             model=self.model,
             request=request,
