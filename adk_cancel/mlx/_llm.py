@@ -132,13 +132,13 @@ class MlxLlm(BaseLlm):
         worker = get_worker()
         worker.submit(job)
         turn = _Turn()
-        ended = False
+        ended = False  # the caller got the final response (or the error)
+        outcome: Finished | None = None  # the worker is done with the job
         try:
             while not ended:
                 # Tokens that queued up while the loop was busy go out as one partial
                 # per run of text: per-token events would only make a busy loop busier.
                 fresh: list[types.Part] = []
-                outcome: Finished | None = None
                 for event in await job.channel.get():
                     if isinstance(event, Failed):
                         ended = True
@@ -162,9 +162,12 @@ class MlxLlm(BaseLlm):
         finally:
             if not ended:
                 # Cancelled (CancelledError), closed (GeneratorExit) or failed: stop the
-                # generation, then wait for its last token so "stopped" means idle.
+                # generation, then wait for its last token so "stopped" means idle. Not if
+                # the worker's outcome already came with the text just yielded (a close at
+                # that partial): it would never come again, and the wait would only end
+                # after stop_wait_s, holding up ADK's clean-up of the aborted run.
                 job.cancel()
-                if not worker.withdraw(job) and job.generating:
+                if outcome is None and not worker.withdraw(job) and job.generating:
                     await self._wait_stopped(job)
 
     async def _wait_stopped(self, job: GenerationJob) -> None:

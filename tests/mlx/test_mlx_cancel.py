@@ -164,6 +164,33 @@ async def test_bound_abort_flag_stops_generation_without_a_task_cancel(
     assert worker.idle.is_set()
 
 
+async def test_closing_at_a_partial_sent_with_the_outcome_does_not_wait(
+    worker: amlx.MlxWorker,
+) -> None:
+    """ADK closes the model's stream at a partial once it sees the abort (base_llm_flow
+    breaks after yielding it). If the worker saw the abort first, its outcome came in the
+    same batch as that partial's text: the close must not wait for the outcome again."""
+    flag = _Flag()
+    amlx.bind_abort_source(flag)
+    agen = _endless().generate_content_async(_request(), stream=True)
+    assert (await agen.__anext__()).partial
+    running = worker.running
+    assert running is not None
+    seen = running.generated_tokens
+    # The loop is blocked here: the text of these tokens and the outcome queue up together.
+    while running.generated_tokens < seen + 10:
+        time.sleep(0.001)
+    flag.is_aborted = True
+    assert worker.idle.wait(5)
+    assert (await agen.__anext__()).partial  # the queued text; the outcome is read with it
+    began = time.perf_counter()
+    await asyncio.wait_for(agen.aclose(), 5)
+    assert time.perf_counter() - began < 0.1
+    stats = worker.history[-1]
+    assert stats.stopped_by == "abort"
+    _assert_stopped_within_one_token(stats)
+
+
 @pytest.mark.parametrize("with_plugin", [True, False], ids=["cancel-plugin", "task-cancel-only"])
 async def test_runner_abort_signal_stops_the_model(
     worker: amlx.MlxWorker, with_plugin: bool
