@@ -12,6 +12,7 @@ from __future__ import annotations
 from google.adk.models.registry import LLMRegistry
 
 from ._abort import bind_abort_source, watch_abort
+from ._batch import ServingOptions
 from ._catalog import (
     CACHE_ENV,
     DEFAULT_MODEL,
@@ -25,7 +26,7 @@ from ._convert import GgufConversionError, convert_gguf
 from ._events import JobStats
 from ._llm import MlxLlm
 from ._prompt import ChatRequest, SamplingOptions
-from ._worker import MlxWorker, WorkerClosedError, ashutdown, get_worker, shutdown
+from ._worker import MlxWorker, WorkerClosedError, ashutdown, configure, get_worker, shutdown
 
 LLMRegistry.register(MlxLlm)
 
@@ -40,10 +41,12 @@ __all__ = [
     "MlxWorker",
     "ModelNotFoundError",
     "SamplingOptions",
+    "ServingOptions",
     "WorkerClosedError",
     "ashutdown",
     "bind_abort_source",
     "cache_dir",
+    "configure",
     "convert_gguf",
     "get_worker",
     "prepare",

@@ -9,13 +9,12 @@ only ever grow or go from ``None`` to a value).
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import threading
+import weakref
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
-
-if TYPE_CHECKING:
-    import asyncio
+from typing import Any, Literal
 
 Finish = Literal["stop", "length", "cancelled", "error", "skipped"]
 
@@ -33,10 +32,15 @@ class JobStats:
     finish: Finish | None = None
     prompt_tokens: int = 0
     generated_tokens: int = 0
+    cached_tokens: int = 0
+    """Prompt tokens whose KV cache came from the prompt cache (not read again)."""
     prefill_chunks: int = 0
     prefill_tokens: int = 0
-    """Prompt tokens run before the first sampled token (all but the last one)."""
+    """Prompt tokens the model read for this job: all but the cached ones, once the
+    first answer token is sampled (``cached_tokens + prefill_tokens == prompt_tokens``)."""
     max_prefill_chunk_s: float = 0.0
+    decode_batch_max: int = 0
+    """The most sequences this job shared a decode step with (itself included)."""
     stopped_by: Literal["cancel", "abort"] | None = None
     """What stopped the job early: its caller (task cancelled, generator closed, worker
     shut down) or the bound ADK invocation's abort flag."""
@@ -117,6 +121,53 @@ class Failed:
 Event = TextPiece | ToolCall | MalformedToolCall | Finished | Failed
 
 
+class _Waker:
+    """Wakes one event loop for any number of channels with one self-pipe write.
+
+    A batch step puts a token into every sequence's channel; one wake per channel would
+    be as many writes to the loop's self-pipe, and as many GIL hand-overs, per step."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._due: list[Channel] = []
+        self._scheduled = False
+
+    def wake(self, channel: Channel) -> bool:
+        with self._lock:
+            self._due.append(channel)
+            if self._scheduled:
+                return True  # a wake is on its way and will take this channel too
+            self._scheduled = True
+        try:
+            self._loop.call_soon_threadsafe(self._run)
+        except RuntimeError:  # the loop is closed: its consumers no longer exist
+            with self._lock:
+                self._due.clear()
+                self._scheduled = False
+            return False
+        return True
+
+    def _run(self) -> None:
+        with self._lock:
+            due, self._due = self._due, []
+            self._scheduled = False
+        for channel in due:
+            channel._wake()
+
+
+_wakers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Waker] = weakref.WeakKeyDictionary()
+_wakers_lock = threading.Lock()
+
+
+def _waker(loop: asyncio.AbstractEventLoop) -> _Waker:
+    with _wakers_lock:
+        waker = _wakers.get(loop)
+        if waker is None:
+            waker = _wakers[loop] = _Waker(loop)
+        return waker
+
+
 class Channel:
     """Worker-to-event-loop queue that wakes the loop at most once per batch.
 
@@ -126,6 +177,7 @@ class Channel:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        self._waker = _waker(loop)
         self._lock = threading.Lock()
         self._items: collections.deque[Event] = collections.deque()
         self._wake_pending = False
@@ -143,11 +195,7 @@ class Channel:
             if self._wake_pending:
                 return True
             self._wake_pending = True
-        try:
-            self._loop.call_soon_threadsafe(self._wake)
-        except RuntimeError:  # the loop is closed: its consumer no longer exists
-            return False
-        return True
+        return self._waker.wake(self)
 
     def _wake(self) -> None:
         with self._lock:

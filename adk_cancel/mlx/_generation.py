@@ -1,18 +1,18 @@
-"""One chat completion on the worker thread: prompt, prefill, decode loop, text routing.
+"""One chat completion as a worker job: its prompt, its place in the batch, its text.
 
-Cancellation: every job carries a cancel signal. The decode loop checks it after every
-token, before it queues the next one, and the prefill between chunks sized to take about
-``prefill_chunk_s``; on a stop the loop waits for what is still queued on the generation
-stream (``mx.synchronize``), so "stopped" means idle: at most the token in flight is
-finished after a cancel.
+The job renders the prompt with the model's chat template on the worker thread, builds
+its sampler and logits processors, and hands a :class:`~._batch.Sequence` to its model's
+batch (``_batch.py``), which calls back with each token and with the end. Tokens become
+text here: detokenized, split into answer, thoughts and tool calls (``TextRouter``), and
+sent to the event loop through the job's :class:`Channel`.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
 
+from ._batch import Sequence
 from ._events import (
     Channel,
     Event,
@@ -24,26 +24,8 @@ from ._events import (
     ToolCall,
 )
 from ._prompt import ChatRequest, TextRouter
-from ._sampling import LogitsProcessorFactory
+from ._sampling import LogitsProcessorFactory, make_processors, make_sampler
 from ._worker import Job, LoadedModel, MlxWorker
-
-if TYPE_CHECKING:
-    import mlx.core as mx
-
-_MAX_PREFILL_CHUNK = 2048
-_CLEAR_CACHE_EVERY = 256
-
-
-def _async_eval(*arrays: mx.array) -> None:
-    """``mx.async_eval``, which MLX's stubs leave untyped."""
-    import mlx.core as mx
-
-    async_eval = cast(Callable[..., None], mx.async_eval)
-    async_eval(*arrays)
-
-
-class _Stopped(Exception):
-    """Raised inside a job when its cancel signal is seen."""
 
 
 class GenerationJob(Job):
@@ -67,7 +49,8 @@ class GenerationJob(Job):
         self.logits_processor_factory = logits_processor_factory
         self.prefill_chunk_s = prefill_chunk_s
         self.generating = False
-        """Set on the worker once the model is loaded and the prompt starts."""
+        """Set on the worker once the job is in its model's batch: from then on the
+        worker sends an outcome however the job ends."""
         self._outcome: Finished | Failed | None = None
 
     def _send(self, event: Event) -> None:
@@ -85,154 +68,54 @@ class GenerationJob(Job):
         if self._outcome is not None:
             self._send(self._outcome)
 
-    def run(self, worker: MlxWorker) -> None:
+    def start(self, worker: MlxWorker) -> bool:
         try:
             loaded = worker.loaded(self.stats.model)
             if self.should_stop():
-                raise _Stopped
+                self._end("cancelled", None)
+                return True
             prompt = loaded.render(self.request)
             self.stats.prompt_tokens = len(prompt)
-            self.generating = True
-            finish = self._generate(loaded, prompt)
-        except _Stopped:
-            finish = "cancelled"
-            if self.stats.stopped_at is None:  # stopped before the prompt started
-                self.stats.stopped_at = time.perf_counter()
+            opts = self.request.sampling
+            tokenizer = loaded.tokenizer
+            sampler = make_sampler(opts)
+            processors = make_processors(opts, self.logits_processor_factory, tokenizer)
         except Exception as exc:
-            self.stats.finish = "error"
-            self.stats.stopped_at = time.perf_counter()
-            self._outcome = Failed(exc, self.stats)
-            return
-        self.stats.finish = finish
-        self.stats.cancel_requested_at = self.cancel_signal.requested_at
-        self._outcome = Finished(finish, self.stats)
+            self._end("error", exc)
+            return True
+        emitter = _Emitter(self, loaded)
 
-    def _generate(self, loaded: LoadedModel, prompt_ids: list[int]) -> Finish:
-        import mlx.core as mx
-        from mlx_lm.generate import generation_stream
-        from mlx_lm.models.cache import make_prompt_cache
-        from mlx_lm.sample_utils import make_logits_processors, make_sampler
+        def done(finish: Finish, error: BaseException | None) -> None:
+            if finish in ("stop", "length"):
+                emitter.flush()
+            self._end(finish, error)
+            worker.complete(self)
 
-        model, tokenizer = loaded.model, loaded.tokenizer
-        opts = self.request.sampling
-        if opts.seed is not None:
-            mx.random.seed(opts.seed)
-        sampler = make_sampler(opts.temperature, top_p=opts.top_p, top_k=opts.top_k)
-        processors = list(
-            make_logits_processors(
-                presence_penalty=opts.presence_penalty, frequency_penalty=opts.frequency_penalty
+        loaded.engine.admit(
+            Sequence(
+                stats=self.stats,
+                prompt=prompt,
+                max_tokens=opts.max_tokens,
+                eos=frozenset(tokenizer.eos_token_ids),
+                sampler=sampler,
+                processors=processors,
+                prefill_chunk_s=self.prefill_chunk_s,
+                should_stop=self.should_stop,
+                emit=emitter.add,
+                done=done,
             )
         )
-        if self.logits_processor_factory is not None:
-            processors.extend(self.logits_processor_factory(tokenizer))
-        cache = make_prompt_cache(model)
-        prompt = mx.array(prompt_ids)
-        history = prompt
-        stats = self.stats
+        self.generating = True
+        return False
 
-        def step(tokens: mx.array, extends_history: bool) -> mx.array:
-            nonlocal history
-            logits = model(tokens[None], cache=cache)[:, -1, :]
-            if processors:
-                if extends_history:
-                    history = mx.concatenate([history, tokens])
-                for processor in processors:
-                    logits = processor(history, logits)
-            logprobs = logits - mx.logsumexp(logits, keepdims=True)
-            sampled: mx.array = sampler(logprobs)
-            return sampled
-
-        emitter = _Emitter(self, loaded)
-        try:
-            with mx.stream(generation_stream):
-                done = self._prefill(model, cache, prompt)
-                y = step(prompt[done:], extends_history=False)
-                _async_eval(y)
-                finish = self._decode(y, step, emitter, tokenizer, opts.max_tokens)
-        finally:
-            # Whatever ended the loop, computation may still be queued (the token in
-            # flight, a prefill chunk): wait for it, so that stopped means idle.
-            mx.synchronize(generation_stream)
-            stats.stopped_at = time.perf_counter()
-        if finish != "cancelled":
-            emitter.flush()
-        return finish
-
-    def _prefill(self, model: Any, cache: Any, prompt: mx.array) -> int:
-        """Run all but the last prompt token through the model; returns how many ran.
-
-        Chunks are sized from the measured cost per token so that each takes about
-        ``prefill_chunk_s``: the cancel check between chunks then stops a long prompt
-        within that time whether a token costs 0.1 ms (tiny model) or 200 ms (SmolLM2
-        on a CPU), without slowing fast models down with tiny chunks.
-        """
-        import mlx.core as mx
-
-        total = int(prompt.shape[0])
-        done = 0
-        chunk = 1
-        while total - done > 1:
-            if self.should_stop():
-                raise _Stopped
-            n = min(chunk, total - done - 1)
-            began = time.perf_counter()
-            model(prompt[done : done + n][None], cache=cache)
-            mx.eval([c.state for c in cache])
-            took = time.perf_counter() - began
-            per_token = took / n
-            done += n
-            self.stats.prefill_chunks += 1
-            self.stats.prefill_tokens = done
-            self.stats.max_prefill_chunk_s = max(self.stats.max_prefill_chunk_s, took)
-            target = int(self.prefill_chunk_s / per_token) if per_token > 0 else n * 4
-            chunk = max(1, min(target, n * 4, _MAX_PREFILL_CHUNK))
-        if self.stats.prefill_chunks:
-            mx.clear_cache()
-        return done
-
-    def _decode(
-        self,
-        y: mx.array,
-        step: Callable[[mx.array, bool], mx.array],
-        emitter: _Emitter,
-        tokenizer: Any,
-        max_tokens: int,
-    ) -> Finish:
-        """Sample until end of turn, a stop sequence, max tokens, or a cancel.
-
-        This loop deliberately mirrors mlx-lm's ``generate_step`` (``mlx_lm/generate.py``,
-        checked against mlx-lm 0.32.2): the same model call, logits processors over the
-        whole context, ``logits - logsumexp`` and sampler, and the same pipelining, in
-        which the graph of token n+1 is built while token n is still computing. One
-        thing differs, on purpose: mlx-lm queues token n+1 (``mx.async_eval``) before it
-        reads token n, so a stop seen at token n still has token n+1 to compute. Here
-        token n+1 is queued only after the cancel check that follows token n, which is
-        what guarantees "within one token": a cancel leaves at most the token in flight
-        to finish, and since the graph is still built ahead the decode speed stays that
-        of mlx-lm.
-        """
-        import mlx.core as mx
-
-        stats = self.stats
-        eos = set(tokenizer.eos_token_ids)
-        while True:
-            # Lazy: nothing of the next token runs until _async_eval below.
-            upcoming = step(y, True) if stats.generated_tokens + 1 < max_tokens else None
-            token = cast(int, y.item())
-            stats.token_done(time.perf_counter())
-            if self.should_stop():
-                return "cancelled"
-            if token in eos:
-                return "stop"
-            if upcoming is None:
-                emitter.add(token)
-                return "length"
-            _async_eval(upcoming)
-            if emitter.add(token):
-                return "stop"  # a stop sequence; the queued token is waited for, unused
-            if stats.generated_tokens % _CLEAR_CACHE_EVERY == 0:
-                mx.clear_cache()
-            y = upcoming
+    def _end(self, finish: Finish, error: BaseException | None) -> None:
+        if self.stats.stopped_at is None:
+            self.stats.stopped_at = time.perf_counter()
+        self.stats.finish = finish
+        self.stats.cancel_requested_at = self.cancel_signal.requested_at
+        self._outcome = (
+            Failed(error, self.stats) if error is not None else Finished(finish, self.stats)
+        )
 
 
 class _Emitter:

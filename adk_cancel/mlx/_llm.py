@@ -58,7 +58,10 @@ class MlxLlm(BaseLlm):
     stop_wait_s: float = Field(default=10.0, ge=0)
     """How long a cancelled call waits for the worker to finish its token and go idle."""
     logits_processor_factory: LogitsProcessorFactory | None = Field(default=None, exclude=True)
-    """Called with the tokenizer per generation; its processors constrain the output."""
+    """Called with the tokenizer per generation; its processors constrain the output.
+    Like mlx-lm's, a processor must be a function of its arguments (the context tokens
+    and the logits) alone: a step's graph is built again when the batch around the
+    generation changes, so a processor may see the same context more than once."""
 
     @field_validator("model")
     @classmethod
@@ -245,6 +248,7 @@ def _usage(stats: JobStats) -> types.GenerateContentResponseUsageMetadata:
     prompt, generated = stats.prompt_tokens, stats.generated_tokens
     return types.GenerateContentResponseUsageMetadata(
         prompt_token_count=prompt,
+        cached_content_token_count=stats.cached_tokens or None,
         candidates_token_count=generated,
         total_token_count=prompt + generated,
     )

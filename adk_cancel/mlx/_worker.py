@@ -1,15 +1,16 @@
-"""The one thread per process that runs MLX: its job queue, the models loaded on it, its end.
+"""The one thread per process that runs MLX: its job queue, the models on it, its end.
 
 Why one long-lived thread: since mlx 0.31.2 a stream belongs to the thread that created
 it, so a model must be used where it was loaded; MLX work on a thread that ends without
 ``mx.clear_streams()`` makes about half of processes abort at exit ("terminate called
 without an active exception"); and a thread whose streams were cleared cannot run mlx-lm
-again. So the worker starts on first use, serves jobs FIFO, clears its streams exactly
-once when it stops (:meth:`MlxWorker.shutdown`, also registered with ``atexit`` and with
-the app's shutdown), and a later job gets a fresh worker with a fresh thread.
+again. So the worker starts on first use, clears its streams exactly once when it stops
+(:meth:`MlxWorker.shutdown`, also registered with ``atexit`` and with the app's shutdown),
+and a later job gets a fresh worker with a fresh thread.
 
-A job cancelled while queued is dropped unstarted; how a running generation stops is
-the generation loop's business (``_generation.py``).
+The thread loop: start the jobs queued (a function call runs there and then; a
+generation joins its model's batch, ``_batch.Engine``), then one step of every model with
+generations in flight, and again. A job cancelled while queued is dropped unstarted.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import atexit
 import collections
 import concurrent.futures
+import dataclasses
 import itertools
 import logging
 import sys
@@ -29,6 +31,7 @@ from typing import Any, Generic, Literal, TypeVar, cast
 
 from .._shutdown import on_app_shutdown
 from . import _catalog
+from ._batch import Engine, ServingOptions
 from ._events import JobStats
 from ._prompt import ChatRequest
 
@@ -82,12 +85,14 @@ class Job:
             self.stats.stopped_by = "cancel"
         self.cancel_signal.set()
 
-    def run(self, worker: MlxWorker) -> None:
-        """Do the work on the worker thread; the outcome waits for :meth:`deliver`."""
+    def start(self, worker: MlxWorker) -> bool:
+        """Begin the work on the worker thread; True if it is already over. A job that
+        goes on (a generation in its model's batch) calls ``worker.complete(self)`` once
+        its outcome is ready, still on the worker thread."""
         raise NotImplementedError
 
     def skip(self, error: BaseException | None) -> None:
-        """Called instead of :meth:`run` for a job that never starts."""
+        """Called instead of :meth:`start` for a job that never starts."""
         self.stats.finish = "skipped"
         self.stats.cancel_requested_at = self.cancel_signal.requested_at
 
@@ -109,13 +114,15 @@ class CallJob(Job, Generic[T]):
         self._result: T | None = None
         self._error: BaseException | None = None
 
-    def run(self, worker: MlxWorker) -> None:
+    def start(self, worker: MlxWorker) -> bool:
         try:
             self._result = self.fn(worker)
             self.stats.finish = "stop"
         except BaseException as exc:
             self.stats.finish = "error"
             self._error = exc
+        self.stats.stopped_at = time.perf_counter()
+        return True
 
     def skip(self, error: BaseException | None) -> None:
         super().skip(error)
@@ -138,6 +145,8 @@ class LoadedModel:
     path: Path
     model: Any
     tokenizer: Any
+    engine: Engine
+    """Its batch: the generations in flight on this model."""
     warned_no_tools: bool = False
 
     def render(self, request: ChatRequest) -> list[int]:
@@ -170,17 +179,25 @@ class LoadedModel:
 
 
 class MlxWorker:
-    """Owns the MLX thread, its job queue and the models loaded on it."""
+    """Owns the MLX thread, its job queue, the models loaded on it and their batches."""
 
-    def __init__(self, *, max_loaded_models: int = 2, history: int = 256) -> None:
+    def __init__(
+        self,
+        *,
+        options: ServingOptions | None = None,
+        max_loaded_models: int = 2,
+        history: int = 256,
+    ) -> None:
         self._cv = threading.Condition()
         self._queue: collections.deque[Job] = collections.deque()
         self._thread: threading.Thread | None = None
         self._closing = False
-        self._current: Job | None = None
+        self._active: dict[Job, None] = {}  # started, not done; in start order
         self._ids = itertools.count(1)
         self._models: collections.OrderedDict[str, LoadedModel] = collections.OrderedDict()
         self._max_loaded = max_loaded_models
+        self.options = options or ServingOptions()
+        """How generations share a model; a new value applies from the next step."""
         self.idle = threading.Event()
         """Set while no job is running or queued."""
         self.idle.set()
@@ -192,14 +209,20 @@ class MlxWorker:
         return self._closing
 
     @property
-    def running(self) -> JobStats | None:
-        """Live stats of the job on the worker now (updated as it runs), if any."""
+    def active(self) -> list[JobStats]:
+        """Live stats of the jobs on the worker now (updated as they run), oldest first."""
         with self._cv:
-            return self._current.stats if self._current is not None else None
+            return [job.stats for job in self._active]
+
+    @property
+    def running(self) -> JobStats | None:
+        """Live stats of the oldest job on the worker now, if any."""
+        active = self.active
+        return active[0] if active else None
 
     @property
     def pending(self) -> int:
-        """Jobs waiting in the queue (not counting the running one)."""
+        """Jobs waiting in the queue (not counting the started ones)."""
         with self._cv:
             return len(self._queue)
 
@@ -224,7 +247,7 @@ class MlxWorker:
             self._cv.notify()
 
     def call(self, fn: Callable[[MlxWorker], T]) -> concurrent.futures.Future[T]:
-        """Run ``fn(worker)`` on the worker thread, after the jobs already queued."""
+        """Run ``fn(worker)`` on the worker thread, between two steps of the batches."""
         job: CallJob[T] = CallJob(fn)
         self.submit(job)
         return job.future
@@ -258,52 +281,77 @@ class MlxWorker:
         pair = load(str(path))
         model, tokenizer = pair[0], pair[1]
         logger.info("Loaded %s from %s in %.2f s", name, path, time.perf_counter() - began)
-        loaded = LoadedModel(name=name, path=path, model=model, tokenizer=tokenizer)
+        engine = Engine(model, lambda: self.options)
+        loaded = LoadedModel(name, path, model, tokenizer, engine)
         self._models[name] = loaded
-        while len(self._models) > self._max_loaded:
-            self._models.popitem(last=False)
+        # Least recently used first, but never a model with generations in flight.
+        for old in [m for m in self._models.values() if not m.engine.busy]:
+            if len(self._models) <= self._max_loaded:
+                break
+            if old is not loaded:
+                del self._models[old.name]
         return loaded
+
+    def complete(self, job: Job) -> None:
+        """Record a started job as done and hand its outcome over. Worker thread only."""
+        with self._cv:
+            job.state = "done"
+            self._active.pop(job, None)
+            self._record(job)
+        job.deliver()
 
     def _record(self, job: Job) -> None:
         self.history.append(job.stats)
-        if not self._queue and self._current is None:
+        if not self._queue and not self._active:
             self.idle.set()
+
+    def _busy(self) -> list[Engine]:
+        return [m.engine for m in self._models.values() if m.engine.busy]
 
     def _serve(self) -> None:
         try:
             while True:
                 with self._cv:
-                    while not self._queue and not self._closing:
+                    while not self._queue and not self._busy() and not self._closing:
                         self._cv.wait()
-                    if not self._queue:
-                        return
-                    job = self._queue.popleft()
-                    if job.should_stop():
-                        job.state = "done"
-                        job.skip(None)
-                        self._record(job)
-                        skip = True
-                    else:
-                        job.state = "running"
-                        self._current = job
-                        skip = False
-                if skip:
+                    if not self._queue and not self._busy():
+                        return  # closing, and nothing left to finish
+                    jobs = list(self._queue)
+                    self._queue.clear()
+                    skipped, started = [], []
+                    for job in jobs:
+                        if job.should_stop():
+                            job.state = "done"
+                            job.skip(None)
+                            self._record(job)
+                            skipped.append(job)
+                        else:
+                            job.state = "running"
+                            self._active[job] = None
+                            started.append(job)
+                for job in skipped:
                     job.deliver()
-                    continue
-                job.stats.started = True
-                job.stats.started_at = time.perf_counter()
-                try:
-                    job.run(self)
-                except BaseException:  # a job's own errors go to its caller; this is a bug
-                    logger.exception("MLX worker job %d failed", job.stats.job_id)
-                finally:
-                    with self._cv:
-                        job.state = "done"
-                        self._current = None
-                        self._record(job)
-                job.deliver()
+                for job in started:
+                    self._start(job)
+                for engine in self._busy():
+                    try:
+                        engine.step()
+                    except Exception as exc:  # nothing to blame one sequence for
+                        logger.exception("MLX batch step failed; ending its generations")
+                        engine.fail_all(exc)
         finally:
             self._release()
+
+    def _start(self, job: Job) -> None:
+        job.stats.started = True
+        job.stats.started_at = time.perf_counter()
+        try:
+            over = job.start(self)
+        except BaseException:  # a job's own errors go to its caller; this is a bug
+            logger.exception("MLX worker job %d failed", job.stats.job_id)
+            over = True
+        if over:
+            self.complete(job)
 
     def _release(self) -> None:
         """Free models and this thread's MLX streams; the thread ends right after."""
@@ -316,7 +364,7 @@ class MlxWorker:
         self.idle.set()
 
     def shutdown(self, timeout: float | None = 30.0) -> bool:
-        """Stop the worker: queued jobs fail, the running one is cancelled.
+        """Stop the worker: queued jobs fail, the started ones are cancelled.
 
         Returns whether the thread has ended (False if ``timeout`` ran out first, for
         instance while a model was still loading).
@@ -325,7 +373,7 @@ class MlxWorker:
             self._closing = True
             pending = list(self._queue)
             self._queue.clear()
-            current = self._current
+            started = list(self._active)
             error = WorkerClosedError("the MLX worker was shut down before this job started")
             for job in pending:
                 job.state = "done"
@@ -335,8 +383,8 @@ class MlxWorker:
             thread = self._thread
         for job in pending:
             job.deliver()
-        if current is not None:
-            current.cancel()
+        for job in started:
+            job.cancel()
         if thread is None:
             self.idle.set()
             return True
@@ -351,7 +399,34 @@ class MlxWorker:
 
 _lock = threading.Lock()
 _worker: MlxWorker | None = None
+_options = ServingOptions()
 _atexit_registered = False
+
+
+def configure(
+    *,
+    completion_batch_size: int | None = None,
+    prefill_batch_size: int | None = None,
+    prompt_cache_bytes: int | None = None,
+) -> ServingOptions:
+    """Set how this process's MLX worker shares models (for the running worker, from its
+    next step, and for later ones); returns the options now in force. Unset values keep
+    theirs; see :class:`ServingOptions` for what each means."""
+    global _options
+    changes = {
+        k: v
+        for k, v in (
+            ("completion_batch_size", completion_batch_size),
+            ("prefill_batch_size", prefill_batch_size),
+            ("prompt_cache_bytes", prompt_cache_bytes),
+        )
+        if v is not None
+    }
+    with _lock:
+        _options = dataclasses.replace(_options, **changes)
+        if _worker is not None:
+            _worker.options = _options
+        return _options
 
 
 def get_worker() -> MlxWorker:
@@ -359,7 +434,7 @@ def get_worker() -> MlxWorker:
     global _worker, _atexit_registered
     with _lock:
         if _worker is None or _worker.closing:
-            _worker = MlxWorker()
+            _worker = MlxWorker(options=_options)
             if not _atexit_registered:
                 atexit.register(_shutdown_at_exit)
                 # An app that runs local models owns this thread: end it with the app (it

@@ -8,7 +8,6 @@ worker thread with ``time.perf_counter``: every token's completion time is recor
 from __future__ import annotations
 
 import asyncio
-import itertools
 import statistics
 import threading
 import time
@@ -267,24 +266,6 @@ async def test_cancelled_queued_request_never_starts(worker: amlx.MlxWorker) -> 
     assert dropped.finish == "skipped" and not dropped.started
     assert dropped.stopped_by == "cancel"
     assert dropped.generated_tokens == 0 and dropped.prompt_tokens == 0
-
-
-async def test_requests_are_served_one_at_a_time_in_order(worker: amlx.MlxWorker) -> None:
-    def llm(text: str) -> amlx.MlxLlm:
-        return amlx.MlxLlm(model="mlx/tiny-random", logits_processor_factory=scripted_output(text))
-
-    texts = ["first answer here", "second answer", "third"]
-    results = await asyncio.gather(
-        *(_drain(llm(t).generate_content_async(_request())) for t in texts)
-    )
-    assert [r[-1].content.parts for r in results if r[-1].content] == [
-        [types.Part(text=t)] for t in texts
-    ]
-    runs = list(worker.history)[-3:]
-    assert [s.job_id for s in runs] == sorted(s.job_id for s in runs)
-    for before, after in itertools.pairwise(runs):
-        assert before.stopped_at is not None and after.started_at is not None
-        assert after.started_at >= before.stopped_at
 
 
 async def _drain(agen: AsyncIterator[LlmResponse]) -> list[LlmResponse]:
