@@ -182,3 +182,33 @@ async def test_cancel_while_reading_a_prompt_beside_a_batch(
         # It was read beside them: they were still decoding when it stopped.
         assert stats.stopped_at is not None and stopped.stopped_at is not None
         assert stats.stopped_at > stopped.stopped_at
+
+
+async def test_per_request_samplers_and_processors_in_one_batch(
+    worker: amlx.MlxWorker, fresh_cache: None
+) -> None:
+    """Seeded sampling draws from the request's own key: batch or not, same answer."""
+    configs = [
+        types.GenerateContentConfig(max_output_tokens=24, temperature=0.0),
+        types.GenerateContentConfig(max_output_tokens=24, temperature=1.5, seed=1),
+        types.GenerateContentConfig(max_output_tokens=24, temperature=1.5, seed=2, top_p=0.9),
+        types.GenerateContentConfig(max_output_tokens=24, temperature=0.0, presence_penalty=1.5),
+    ]
+
+    async def answer(i: int) -> tuple[str, list[int], int]:
+        recorder = Recorder()
+        llm = amlx.MlxLlm(model=TINY_MODEL, logits_processor_factory=recorder)
+        request = LlmRequest(
+            contents=[types.Content(role="user", parts=[types.Part(text=PROMPTS[i])])],
+            config=configs[i],
+        )
+        (final,) = [r async for r in llm.generate_content_async(request)]
+        assert final.content is not None and final.content.parts
+        return final.content.parts[0].text or "", recorder.tokens, _job_of(final)
+
+    alone = [await answer(i) for i in range(4)]
+    together = await asyncio.gather(*(answer(i) for i in range(4)))
+    assert [a[:2] for a in together] == [a[:2] for a in alone]
+    assert alone[1][:2] != alone[2][:2]  # different seeds, different draws
+    by_id = {s.job_id: s for s in worker.history}
+    assert [by_id[a[2]].decode_batch_max for a in together] == [4, 4, 4, 4]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -267,3 +268,25 @@ async def test_a_stop_sequence_inside_a_tool_call_is_json_not_a_stop(tiny_model:
     (call,) = call_event.get_function_calls()
     assert call.args == {"city": "STOP"}
     assert [r.response for r in response_event.get_function_responses()] == [get_weather("STOP")]
+
+
+async def test_concurrent_tool_calling_agents_share_the_model(tiny_model: str) -> None:
+    async def one(city: str) -> list[Event]:
+        model = _scripts(
+            f'<tool_call>\n{{"name": "get_weather", "arguments": {{"city": "{city}"}}}}'
+            "\n</tool_call>",
+            f"It is sunny in {city}.",
+        )
+        agent = LlmAgent(name="local", model=model, tools=[get_weather])
+        events, _, _ = await _run(agent, f"Weather in {city}?", streaming=True)
+        return [e for e in events if not e.partial]
+
+    runs = await asyncio.gather(*(one(c) for c in ("Paris", "Oslo", "Rome")))
+    for city, (call_event, response_event, answer) in zip(
+        ("Paris", "Oslo", "Rome"), runs, strict=True
+    ):
+        (call,) = call_event.get_function_calls()
+        assert call.args == {"city": city}
+        assert [r.response for r in response_event.get_function_responses()] == [get_weather(city)]
+        assert answer.content is not None
+        assert answer.content.parts == [types.Part(text=f"It is sunny in {city}.")]
