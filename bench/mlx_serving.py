@@ -24,7 +24,7 @@ Figures:
 - chat TTFT: a 5-turn chat (ADK ``Runner`` for the adapters, the same messages for the
   server), time to the first token of each turn; turn 5 / turn 1;
 - cancel one of 8: tokens computed for it after its cancel (the worker's own count) and
-  the other sessions' token rate in the 0.5 s before and after the cancel;
+  the other sessions' token rate just before and after the cancel (a window of four steps);
 - mlx_lm.server after a client disconnects mid-answer (streaming and not): the CPU time
   its process keeps burning, and the tokens that buys at its measured rate.
 
@@ -74,6 +74,7 @@ CHAT = [
     "Thank you. Any last advice for the trip?",
 ]
 INSTRUCTION = "You are a helpful assistant. Answer briefly."
+WATCH_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,12 @@ class Plan:
 
 PLANS = {
     "tiny-random": Plan("tiny-random", 200, (1, 4, 8), (1, 4, 8), 24, 400, 60),
-    "smollm2-135m": Plan("smollm2-135m", 10, (1, 4, 8), (1, 4), 12, 14, 4),
+    "smollm2-135m": Plan("smollm2-135m", 16, (1, 4, 8), (1, 4), 12, 16, 4),
 }
+
+
+def _loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def _free_port() -> int:
@@ -242,10 +247,19 @@ def decode_rate(sessions: Sequence[dict[str, Any]]) -> float:
 class Row:
     model: str
     tps: dict[str, dict[int, list[float]]] = field(default_factory=dict)
-    ttft: dict[str, list[float]] = field(default_factory=dict)
+    ttft: dict[str, list[list[float]]] = field(default_factory=dict)
+    """Per system, per round, the TTFT of each turn."""
     cached: list[int] = field(default_factory=list)
     cancel: dict[str, Any] = field(default_factory=dict)
     disconnect: dict[str, dict[str, float]] = field(default_factory=dict)
+    cpu_ms: dict[str, dict[int, list[float]]] = field(default_factory=dict)
+    """Per system and level: the serving process's CPU ms per generated token (prefill
+    included), less swayed than wall time by what else runs on the machine."""
+
+    def add(self, name: str, level: int, sessions: list[dict[str, Any]], cpu_s: float) -> None:
+        self.tps.setdefault(name, {}).setdefault(level, []).append(decode_rate(sessions))
+        tokens = sum(s["tokens"] for s in sessions)
+        self.cpu_ms.setdefault(name, {}).setdefault(level, []).append(1000 * cpu_s / tokens)
 
 
 def _today_tree(commit: str) -> Iterator[Path]:
@@ -287,13 +301,14 @@ async def bench_model(plan: Plan, args: argparse.Namespace, today_path: Path | N
                 task="throughput", model=model, prompts=["Hi"], max_tokens=4, eos=eos
             )
 
-            for level in plan.levels:
+            for level in plan.levels if "throughput" in args.parts else ():
                 prompts = [PROMPTS[i % len(PROMPTS)] for i in range(level)]
                 for rnd in range(args.rounds):
                     print(f"{plan.model}: {level} sessions, round {rnd + 1}", file=sys.stderr)
                     for name, driver in systems.items():
                         if name == "today" and level not in plan.today_levels:
                             continue
+                        cpu0 = _cpu_s(driver.proc.pid)
                         result = await driver.run(
                             task="throughput",
                             model=model,
@@ -301,8 +316,8 @@ async def bench_model(plan: Plan, args: argparse.Namespace, today_path: Path | N
                             max_tokens=plan.max_tokens,
                             eos=eos,
                         )
-                        rate = decode_rate(result["sessions"])
-                        row.tps.setdefault(name, {}).setdefault(level, []).append(rate)
+                        row.add(name, level, result["sessions"], _cpu_s(driver.proc.pid) - cpu0)
+                    cpu0 = server.cpu_s()
                     sessions = await asyncio.gather(
                         *(
                             server.session(
@@ -311,51 +326,55 @@ async def bench_model(plan: Plan, args: argparse.Namespace, today_path: Path | N
                             for p in prompts
                         )
                     )
-                    rate = decode_rate(sessions)
-                    row.tps.setdefault("mlx_lm.server", {}).setdefault(level, []).append(rate)
+                    row.add("mlx_lm.server", level, sessions, server.cpu_s() - cpu0)
 
             print(f"{plan.model}: chat TTFT", file=sys.stderr)
-            for name, driver in systems.items():
+            for driver in systems.values() if "chat" in args.parts else ():
                 # A first ADK run pays one-time costs (imports, first graph shapes).
                 await driver.run(
                     task="chat", model=model, messages=["Hi"], max_tokens=2, instruction="Hi."
                 )
-                result = await driver.run(
-                    task="chat",
+            for rnd in range(args.rounds if "chat" in args.parts else 0):
+                # Each round its own conversation: nothing of the last round's is reused.
+                messages = [f"(Chat {rnd + 1}.) {CHAT[0]}", *CHAT[1:]]
+                for name, driver in systems.items():
+                    result = await driver.run(
+                        task="chat",
+                        model=model,
+                        messages=messages,
+                        max_tokens=plan.chat_tokens,
+                        instruction=INSTRUCTION,
+                    )
+                    row.ttft.setdefault(name, []).append([t["ttft"] for t in result["turns"]])
+                    if name == "adapter":
+                        row.cached = [t["cached_tokens"] for t in result["turns"]]
+                history = [{"role": "system", "content": INSTRUCTION}]
+                ttfts = []
+                for text in messages:
+                    history.append({"role": "user", "content": text})
+                    answer = await server.session(client, history, plan.chat_tokens, [])
+                    ttfts.append(answer["stamps"][0] - answer["began"] if answer["stamps"] else 0)
+                    history.append({"role": "assistant", "content": answer["text"]})
+                row.ttft.setdefault("mlx_lm.server", []).append(ttfts)
+
+            if "cancel" in args.parts:
+                print(f"{plan.model}: cancel one of 8", file=sys.stderr)
+                result = await systems["adapter"].run(
+                    task="cancel_in_batch",
                     model=model,
-                    messages=CHAT,
-                    max_tokens=plan.chat_tokens,
-                    instruction=INSTRUCTION,
+                    prompts=PROMPTS,
+                    max_tokens=plan.cancel_tokens,
+                    cancel_after=plan.cancel_after,
+                    eos=eos,
                 )
-                row.ttft[name] = [t["ttft"] for t in result["turns"]]
-                if name == "adapter":
-                    row.cached = [t["cached_tokens"] for t in result["turns"]]
-            history = [{"role": "system", "content": INSTRUCTION}]
-            ttfts = []
-            for text in CHAT:
-                history.append({"role": "user", "content": text})
-                answer = await server.session(client, history, plan.chat_tokens, [])
-                ttfts.append(answer["stamps"][0] - answer["began"] if answer["stamps"] else 0)
-                history.append({"role": "assistant", "content": answer["text"]})
-            row.ttft["mlx_lm.server"] = ttfts
+                row.cancel = _dip(result)
 
-            print(f"{plan.model}: cancel one of 8", file=sys.stderr)
-            result = await systems["adapter"].run(
-                task="cancel_in_batch",
-                model=model,
-                prompts=PROMPTS,
-                max_tokens=plan.cancel_tokens,
-                cancel_after=plan.cancel_after,
-                eos=eos,
-            )
-            row.cancel = _dip(result)
-
-            print(f"{plan.model}: mlx_lm.server after a disconnect", file=sys.stderr)
-            rate = statistics.median(row.tps["mlx_lm.server"][1])
-            for stream in (True, False):
-                row.disconnect["stream" if stream else "no stream"] = await _disconnect(
-                    server, eos, stream, rate
-                )
+            if "disconnect" in args.parts:
+                print(f"{plan.model}: mlx_lm.server after a disconnect", file=sys.stderr)
+                for stream in (True, False):
+                    row.disconnect["stream" if stream else "no stream"] = await _disconnect(
+                        server, eos, stream
+                    )
     finally:
         for driver in systems.values():
             driver.close()
@@ -365,7 +384,11 @@ async def bench_model(plan: Plan, args: argparse.Namespace, today_path: Path | N
 
 def _dip(result: dict[str, Any]) -> dict[str, Any]:
     t = result["cancel_at"]
-    window = 0.5
+    every = [
+        b - a for s in result["others"] for a, b in zip(s["stamps"], s["stamps"][1:], strict=False)
+    ]
+    # Long enough for several steps of the batch (a SmolLM2 step of 8 is ~2 s here).
+    window = max(0.5, 4 * statistics.median(every)) if every else 0.5
 
     def rate(a: float, b: float) -> float:
         n = sum(1 for s in result["others"] for x in s["stamps"] if a <= x < b)
@@ -380,6 +403,7 @@ def _dip(result: dict[str, Any]) -> dict[str, Any]:
     return {
         "after": result["tokens_after_cancel"],
         "idle_ms": result["cancel_to_idle_ms"],
+        "window_s": window,
         "before": rate(t - window, t),
         "during": rate(t, t + window),
         "max_gap_ms": 1000 * max(gaps, default=float("nan")),
@@ -387,11 +411,9 @@ def _dip(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def _disconnect(
-    server: MlxServer, eos: Sequence[int], stream: bool, rate: float
-) -> dict[str, float]:
-    """Disconnect 1 s into a long answer; the server's CPU time until it is idle again."""
-    tokens_per_cpu_s = await _tokens_per_cpu_s(server, eos, rate)
+async def _disconnect(server: MlxServer, eos: Sequence[int], stream: bool) -> dict[str, float]:
+    """Disconnect 3 s into a long answer; the server's CPU time until it is idle again."""
+    tokens_per_cpu_s = await _tokens_per_cpu_s(server, eos)
     body = server.body([{"role": "user", "content": PROMPTS[0]}], 100_000, eos, stream=stream)
     async with httpx.AsyncClient(base_url=server.url, timeout=600) as client:
         with contextlib.suppress(asyncio.TimeoutError):
@@ -401,7 +423,7 @@ async def _disconnect(
                         pass
     gone = time.perf_counter()
     cpu0, last, idle_since = server.cpu_s(), server.cpu_s(), None
-    while time.perf_counter() - gone < 120:
+    while time.perf_counter() - gone < WATCH_S:
         await asyncio.sleep(0.25)
         cpu = server.cpu_s()
         if cpu - last < 0.25 * 0.1:
@@ -419,65 +441,80 @@ async def _disconnect(
     }
 
 
-async def _tokens_per_cpu_s(server: MlxServer, eos: Sequence[int], rate: float) -> float:
+async def _tokens_per_cpu_s(server: MlxServer, eos: Sequence[int]) -> float:
     async with httpx.AsyncClient(base_url=server.url, timeout=600) as client:
         cpu0 = server.cpu_s()
         answer = await server.session(client, [{"role": "user", "content": PROMPTS[1]}], 64, eos)
         used = server.cpu_s() - cpu0
-    return answer["tokens"] / used if used > 0 else rate
+    return answer["tokens"] / used if used > 0 else float("nan")
+
+
+def _section(header: str, lines: list[str]) -> list[str]:
+    """A markdown table, or nothing when its part was not run."""
+    if not lines:
+        return []
+    columns = header.count("|") - 1
+    return ["", header, "|" + "---|" * columns, *lines]
 
 
 def tables(rows: Sequence[Row], rounds: int) -> str:
-    out = []
-    out.append(
-        "| model | sessions | adapter tok/s | mlx_lm.server tok/s | adapter / server "
-        "| today tok/s | adapter / today |"
-    )
-    out.append("|---|---|---|---|---|---|---|")
+    def med(runs: dict[str, dict[int, list[float]]], name: str, level: int) -> float:
+        found = runs.get(name, {}).get(level)
+        return statistics.median(found) if found else float("nan")
+
+    throughput, chat, cancel, gone = [], [], [], []
     for r in rows:
         for level in sorted(r.tps.get("adapter", {})):
-            ours = statistics.median(r.tps["adapter"][level])
-            theirs = statistics.median(r.tps["mlx_lm.server"][level])
-            today_runs = r.tps.get("today", {}).get(level)
-            today = statistics.median(today_runs) if today_runs else float("nan")
-            out.append(
-                f"| {r.model} | {level} | {ours:.1f} | {theirs:.1f} | {ours / theirs:.2f} "
-                f"| {today:.1f} | {ours / today:.2f} |"
+            ours, theirs = med(r.tps, "adapter", level), med(r.tps, "mlx_lm.server", level)
+            today = med(r.tps, "today", level)
+            cpu = " / ".join(
+                f"{med(r.cpu_ms, n, level):.1f}" for n in ("adapter", "mlx_lm.server", "today")
             )
-    out.append("")
-    out.append("| model | system | TTFT turn 1..5 (s) | turn 5 / turn 1 | cached prompt tokens |")
-    out.append("|---|---|---|---|---|")
-    for r in rows:
-        for name, ttft in r.ttft.items():
+            throughput.append(
+                f"| {r.model} | {level} | {ours:.1f} | {theirs:.1f} | {ours / theirs:.2f} "
+                f"| {today:.1f} | {ours / today:.2f} | {cpu} |"
+            )
+        for name, runs in r.ttft.items():
+            ttft = [statistics.median(turn) for turn in zip(*runs, strict=True)]
             cached = "/".join(map(str, r.cached)) if name == "adapter" else ""
-            out.append(
-                f"| {r.model} | {name} | {' / '.join(f'{t:.2f}' for t in ttft)} "
+            chat.append(
+                f"| {r.model} | {name} | {' / '.join(f'{1000 * t:.0f}' for t in ttft)} "
                 f"| {ttft[-1] / ttft[0]:.2f} | {cached} |"
             )
-    out.append("")
-    out.append(
-        "| model | tokens after cancel (1 of 8) | cancel->idle ms | others tok/s 0.5 s "
-        "before / after | others' gap median / max ms |"
-    )
-    out.append("|---|---|---|---|---|")
-    for r in rows:
-        c = r.cancel
-        out.append(
-            f"| {r.model} | {c['after']} | {c['idle_ms']:.1f} | {c['before']:.1f} / "
-            f"{c['during']:.1f} | {c['median_gap_ms']:.1f} / {c['max_gap_ms']:.1f} |"
-        )
-    out.append("")
-    out.append(
-        "| model | mlx_lm.server, client gone after 3 s | busy after (s) | CPU s | "
-        "≈ tokens generated for nobody |"
-    )
-    out.append("|---|---|---|---|---|")
-    for r in rows:
-        for mode, d in r.disconnect.items():
-            out.append(
-                f"| {r.model} | {mode} | {d['busy_s']:.1f} | {d['cpu_s']:.1f} | {d['tokens']:.0f} |"
+        if c := r.cancel:
+            cancel.append(
+                f"| {r.model} | {c['after']} | {c['idle_ms']:.1f} | {c['before']:.1f} / "
+                f"{c['during']:.1f} ({c['window_s']:.1f} s) "
+                f"| {c['median_gap_ms']:.1f} / {c['max_gap_ms']:.1f} |"
             )
-    out.append(f"\n(tok/s: median of {rounds} rounds; rounds alternate the systems)")
+        for mode, d in r.disconnect.items():
+            busy = f"{d['busy_s']:.1f}"
+            if d["busy_s"] >= WATCH_S:
+                busy = f">= {WATCH_S:.0f} (still generating when we stopped watching)"
+            gone.append(f"| {r.model} | {mode} | {busy} | {d['cpu_s']:.1f} | {d['tokens']:.0f} |")
+    out = [
+        *_section(
+            "| model | sessions | adapter tok/s | mlx_lm.server tok/s | adapter / server "
+            "| today tok/s | adapter / today | CPU ms/token adapter / server / today |",
+            throughput,
+        ),
+        *_section(
+            "| model | system | TTFT turn 1..5 (ms, median per turn) | turn 5 / turn 1 "
+            "| cached prompt tokens |",
+            chat,
+        ),
+        *_section(
+            "| model | tokens after cancel (1 of 8) | cancel->idle ms | others' tok/s in the "
+            "window before / after the cancel (window) | others' gap median / max ms |",
+            cancel,
+        ),
+        *_section(
+            "| model | mlx_lm.server, client gone after 3 s | busy after (s) | CPU s "
+            "| ≈ tokens generated for nobody |",
+            gone,
+        ),
+    ]
+    out.append(f"\n(median of {rounds} rounds; rounds alternate the systems)")
     return "\n".join(out)
 
 
@@ -486,11 +523,18 @@ async def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--models", nargs="+", default=list(PLANS), choices=list(PLANS))
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument(
+        "--parts",
+        nargs="+",
+        default=["throughput", "chat", "cancel", "disconnect"],
+        choices=["throughput", "chat", "cancel", "disconnect"],
+    )
+    parser.add_argument(
         "--today",
         default="0141986",
         help="commit of the adapter before batching ('' to skip it)",
     )
     args = parser.parse_args(argv)
+    load_start = _loadavg()
     rows = []
     trees = _today_tree(args.today) if args.today else None
     today_path = next(trees) if trees is not None else None
@@ -503,6 +547,7 @@ async def main(argv: Sequence[str] | None = None) -> None:
                 continue
         rows.append(await bench_model(PLANS[name], args, today_path))
     print(tables(rows, args.rounds))
+    print(f"load average at the start / end: {load_start} / {_loadavg()}")
 
 
 if __name__ == "__main__":

@@ -23,9 +23,10 @@ from ._events import (
     TextPiece,
     ToolCall,
 )
+from ._loaded import LoadedModel
 from ._prompt import ChatRequest, TextRouter
 from ._sampling import LogitsProcessorFactory, make_processors, make_sampler
-from ._worker import Job, LoadedModel, MlxWorker
+from ._worker import Job, MlxWorker
 
 
 class GenerationJob(Job):
@@ -49,8 +50,8 @@ class GenerationJob(Job):
         self.logits_processor_factory = logits_processor_factory
         self.prefill_chunk_s = prefill_chunk_s
         self.generating = False
-        """Set on the worker once the job is in its model's batch: from then on the
-        worker sends an outcome however the job ends."""
+        """Set on the worker once its model is loaded: from then on the job ends within a
+        step of a cancel and sends an outcome however it ends (worth waiting for)."""
         self._outcome: Finished | Failed | None = None
 
     def _send(self, event: Event) -> None:
@@ -71,6 +72,10 @@ class GenerationJob(Job):
     def start(self, worker: MlxWorker) -> bool:
         try:
             loaded = worker.loaded(self.stats.model)
+            # Set before the cancel check, as the caller cancels before it reads the flag:
+            # one of the two sees the other, so a caller that does not wait (the model was
+            # still loading) finds the job ended here, and one that waits gets an outcome.
+            self.generating = True
             if self.should_stop():
                 self._end("cancelled", None)
                 return True
@@ -105,7 +110,6 @@ class GenerationJob(Job):
                 done=done,
             )
         )
-        self.generating = True
         return False
 
     def _end(self, finish: Finish, error: BaseException | None) -> None:

@@ -29,6 +29,9 @@ from adk_cancel.mlx.testing import TINY_MODEL, scripted_output
 
 pytestmark = pytest.mark.timeout(90)
 
+USAGE: list[types.GenerateContentResponseUsageMetadata] = []
+"""Usage of each final model response in ``_chat``, as ADK received it."""
+
 
 class Greedy:
     """Logits processors: no end of turn; records the tokens generated (all but the last)."""
@@ -88,7 +91,14 @@ async def _chat(
         requests.append(llm_request.model_copy(deep=True))
         return None
 
-    agent = LlmAgent(name="local", model=llm, before_model_callback=capture)
+    def usage(callback_context: Any, llm_response: LlmResponse) -> LlmResponse | None:
+        if not llm_response.partial and llm_response.usage_metadata is not None:
+            USAGE.append(llm_response.usage_metadata)
+        return None
+
+    agent = LlmAgent(
+        name="local", model=llm, before_model_callback=capture, after_model_callback=usage
+    )
     sessions = InMemorySessionService()
     app = App(name="app", root_agent=agent, plugins=[adk_cancel.CANCEL_PLUGIN])
     runner = Runner(app=app, session_service=sessions)
@@ -132,8 +142,12 @@ async def test_turn_two_reads_only_its_new_tokens_and_answers_the_same(
         max_output_tokens=24,
         logits_processor_factory=Turns("The capital of France is Paris.", greedy),
     )
+    USAGE.clear()
     requests = await _chat(llm, "Capital of France?", "And of Italy?")
     turn1, turn2 = _stats_since(worker, first)
+    # What ADK (and a billing or tracing plugin) sees of the reuse.
+    assert [u.cached_content_token_count for u in USAGE] == [None, turn2.cached_tokens]
+    assert USAGE[1].prompt_token_count == turn2.prompt_tokens
     assert turn1.cached_tokens == 0 and turn1.prefill_tokens == turn1.prompt_tokens
     # Turn 1's prompt and answer (all but its end-of-turn token) come from the cache.
     assert turn2.cached_tokens == turn1.prompt_tokens + turn1.generated_tokens - 1
