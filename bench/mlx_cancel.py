@@ -46,8 +46,7 @@ from google.adk.models.llm_request import LlmRequest
 from google.genai import types
 
 import adk_cancel.mlx as amlx
-from adk_cancel.mlx._prompt import ChatRequest
-from adk_cancel.mlx._tiny import scripted_output
+from adk_cancel.mlx.testing import scripted_output
 
 FORBID_EOS = scripted_output(None)
 
@@ -205,7 +204,7 @@ def _bare_stream_generate(name: str, text: str, tokens: int) -> float:
         from mlx_lm import stream_generate
 
         loaded = worker.loaded(f"mlx/{name}")
-        chat = ChatRequest(messages=[{"role": "user", "content": text}])
+        chat = _llm(name).chat_request(_request(text, tokens))
         prompt = loaded.render(chat)
         processors = list(FORBID_EOS(loaded.tokenizer))
         stamps = []

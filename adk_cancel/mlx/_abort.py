@@ -7,45 +7,25 @@ the runner's event consumer stops waiting and ``Runner._cleanup_root_task`` canc
 root node task (``google/adk/runners.py``; inside workflows ``Workflow._run_loop`` cancels
 its node tasks the same way). The adapter stops on that ``CancelledError``.
 
-This module adds a second, earlier path: a ``before_model_callback`` (plugin or agent
-callback) binds the invocation's context in a ``ContextVar`` that the model call, which
-runs in the same task right after the callback, reads. adk-cancel's server plugin
-(``CancelPlugin``) binds it for every model call already; these helpers are for agents run
-on a plain ``Runner``. The worker thread then checks
-``is_aborted`` after every token together with its own cancel flag, so the generation
-stops at the next token even before (or without) the task being cancelled.
+This module adds a second, earlier path: a ``before_model_callback`` binds the
+invocation's context in a ``ContextVar`` that the model call, which runs in the same task
+right after the callback, reads. adk-cancel's plugin (``adk_cancel.CANCEL_PLUGIN``) binds
+it for every model call, on adk-cancel's server and on a plain ``Runner(plugins=[...])``
+alike; :func:`watch_abort` does the same as one agent's callback. The worker thread then
+checks ``is_aborted`` after every token together with its own cancel flag, so the
+generation stops at the next token even before (or without) the task being cancelled.
 """
 
 from __future__ import annotations
 
 from google.adk.agents.callback_context import CallbackContext
 from google.adk.models.llm_request import LlmRequest
-from google.adk.models.llm_response import LlmResponse
-from google.adk.plugins.base_plugin import BasePlugin
 
 from .._abort_source import bind_abort_source, current_abort_probe
 
-__all__ = ["MlxAbortPlugin", "bind_abort_source", "current_abort_probe", "watch_abort"]
+__all__ = ["bind_abort_source", "current_abort_probe", "watch_abort"]
 
 
 def watch_abort(callback_context: CallbackContext, llm_request: LlmRequest) -> None:
     """An agent ``before_model_callback``: ``LlmAgent(before_model_callback=watch_abort)``."""
     bind_abort_source(callback_context)
-
-
-class MlxAbortPlugin(BasePlugin):
-    """Binds every model call of an app to its invocation's abort state (not needed where
-    adk-cancel's ``CancelPlugin`` is installed: it does the same).
-
-    Add it to a ``Runner(plugins=[MlxAbortPlugin()])``, or to ADK's server with
-    ``extra_plugins=["adk_cancel.mlx.MlxAbortPlugin"]``.
-    """
-
-    def __init__(self, name: str = "adk_cancel_mlx_abort") -> None:
-        super().__init__(name=name)
-
-    async def before_model_callback(
-        self, *, callback_context: CallbackContext, llm_request: LlmRequest
-    ) -> LlmResponse | None:
-        bind_abort_source(callback_context)
-        return None

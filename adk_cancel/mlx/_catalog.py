@@ -74,7 +74,7 @@ def _build_smollm2(out_dir: Path, progress: ProgressFn | None) -> None:
 
 
 def _build_tiny(out_dir: Path, progress: ProgressFn | None) -> None:
-    from ._tiny import build_tiny_model
+    from .testing import build_tiny_model
 
     build_tiny_model(out_dir, progress)
 
@@ -91,9 +91,10 @@ KNOWN_MODELS: dict[str, KnownModel] = {
         ),
         KnownModel(
             name="tiny-random",
-            description="a 0.1 M-parameter qwen2 with random weights and a tool-calling "
-            "chat template, built in ~2 s; says nonsense, for tests and benchmarks",
-            dirname="tiny-random-qwen2-v1",
+            description="a 0.1 M-parameter qwen2 with random weights, a tool-calling "
+            "chat template and thinking tokens, built in ~2 s; says nonsense, for tests "
+            "and benchmarks (adk_cancel.mlx.testing)",
+            dirname="tiny-random-qwen2-v2",
             build=_build_tiny,
         ),
     )
@@ -189,17 +190,29 @@ def prepare(
     return target
 
 
-def resolve(model: str, *, progress: ProgressFn | None = None) -> Path:
-    """The model directory for ``mlx/<known name>`` or ``mlx/<path>``, preparing if needed."""
+def check(model: str) -> Path | None:
+    """Whether ``model`` names something this adapter can run, without loading anything.
+
+    Returns the model directory for ``mlx/<path>``, ``None`` for a known name (prepared
+    on first use); raises :class:`ModelNotFoundError` otherwise.
+    """
     name = strip_prefix(model)
     if name in KNOWN_MODELS:
-        return prepare(name, progress=progress)
+        return None
     path = Path(name).expanduser()
     if (path / "config.json").is_file():
         return path.resolve()
     raise ModelNotFoundError(
         f"Model {model!r}: {name!r} is neither a known model "
-        f"({', '.join(sorted(KNOWN_MODELS))}) nor a directory holding an mlx-lm model "
-        "(config.json, *.safetensors, tokenizer files). Use mlx/<known name> or "
-        "mlx/<path to a model directory>; models are never downloaded."
+        f"({', '.join(MODEL_PREFIX + k for k in sorted(KNOWN_MODELS))}) nor a directory "
+        "holding an mlx-lm model (config.json, *.safetensors, tokenizer files). Use "
+        "mlx/<known name> (see `adk-cancel models list`; `adk-cancel models prepare NAME` "
+        "prepares one ahead of time) or mlx/<path to a model directory>, e.g. one made "
+        "with `mlx_lm.convert`; models are never downloaded."
     )
+
+
+def resolve(model: str, *, progress: ProgressFn | None = None) -> Path:
+    """The model directory for ``mlx/<known name>`` or ``mlx/<path>``, preparing if needed."""
+    path = check(model)
+    return path if path is not None else prepare(strip_prefix(model), progress=progress)

@@ -137,23 +137,6 @@ def quantization_config(weights: Mapping[str, Any]) -> dict[str, Any] | None:
     return config
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte-to-printable-character table used by byte-level BPE vocabularies."""
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    chars = printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, (chr(c) for c in chars), strict=True))
-
-
 def tokenizer_files(metadata: Mapping[str, Any]) -> dict[str, str]:
     """``tokenizer.json`` and ``tokenizer_config.json`` rebuilt from GGUF metadata.
 

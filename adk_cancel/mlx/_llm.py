@@ -16,21 +16,12 @@ from google.genai import types
 from pydantic import Field, field_validator
 
 from ._abort import current_abort_probe
-from ._catalog import DEFAULT_MODEL, MODEL_PREFIX
-from ._prompt import chat_request
-from ._worker import (
-    Channel,
-    Failed,
-    Finished,
-    GenerationJob,
-    JobStats,
-    LogitsProcessorFactory,
-    MalformedToolCall,
-    MlxWorker,
-    TextPiece,
-    ToolCall,
-    get_worker,
-)
+from ._catalog import DEFAULT_MODEL, MODEL_PREFIX, check
+from ._events import Channel, Failed, Finished, JobStats, MalformedToolCall, TextPiece, ToolCall
+from ._generation import GenerationJob
+from ._prompt import ChatRequest, chat_request
+from ._sampling import LogitsProcessorFactory
+from ._worker import MlxWorker, get_worker
 
 logger = logging.getLogger("adk_cancel.mlx")
 
@@ -51,8 +42,9 @@ class MlxLlm(BaseLlm):
 
     A generation stops at the next token when the call is cancelled (ADK cancels the
     model call's task when a run is aborted), when the response generator is closed, or
-    when the invocation's abort flag is seen (bind it with
-    :func:`adk_cancel.mlx.watch_abort` or :class:`adk_cancel.mlx.MlxAbortPlugin`).
+    when the invocation's abort flag is seen (adk-cancel's plugin binds it; on a plain
+    ``Runner`` add ``plugins=[adk_cancel.CANCEL_PLUGIN]`` or use
+    :func:`adk_cancel.mlx.watch_abort`).
     """
 
     model: str = MODEL_PREFIX + DEFAULT_MODEL
@@ -66,13 +58,20 @@ class MlxLlm(BaseLlm):
     stop_wait_s: float = Field(default=10.0, ge=0)
     """How long a cancelled call waits for the worker to finish its token and go idle."""
     logits_processor_factory: LogitsProcessorFactory | None = Field(default=None, exclude=True)
-    """Called with the tokenizer per generation; its processors constrain the output."""
+    """Called with the tokenizer per generation; its processors constrain the output.
+    Like mlx-lm's, a processor must be a function of its arguments (the context tokens
+    and the logits) alone: a step's graph is built again when the batch around the
+    generation changes, so a processor may see the same context more than once."""
 
     @field_validator("model")
     @classmethod
-    def _prefixed(cls, value: str) -> str:
+    def _known(cls, value: str) -> str:
         # ``LLMRegistry.new_llm("mlx:name")`` strips the prefix; put it back.
-        return value if value.startswith(MODEL_PREFIX) else MODEL_PREFIX + value
+        name = value if value.startswith(MODEL_PREFIX) else MODEL_PREFIX + value
+        # Fail where the agent is built, naming the models there are, rather than at its
+        # first answer. Raised as is (not a ValueError): pydantic passes it through.
+        check(name)
+        return name
 
     @classmethod
     def supported_models(cls) -> list[str]:
@@ -99,11 +98,31 @@ class MlxLlm(BaseLlm):
         future.add_done_callback(report)
         return future
 
+    def chat_request(self, llm_request: LlmRequest) -> ChatRequest:
+        """What this model makes of an ADK request: chat messages, tools and sampling.
+
+        Pure Python (no MLX, no model load): the messages and tools are what the model's
+        chat template is given, ``sampling`` what of the request's config is honoured.
+        Raises ``ValueError``/``TypeError`` for a request it cannot serve.
+        """
+        return chat_request(llm_request.contents, llm_request.config, self.max_output_tokens)
+
+    async def render(self, llm_request: LlmRequest) -> str:
+        """The prompt exactly as the model reads it: its chat template applied to
+        :meth:`chat_request`. Loads the model (on the worker thread) if needed."""
+        request = self.chat_request(llm_request)
+
+        def render(worker: MlxWorker) -> str:
+            loaded = worker.loaded(self.model)
+            return str(loaded.tokenizer.decode(loaded.render(request)))
+
+        return await asyncio.wrap_future(get_worker().call(render))
+
     async def generate_content_async(
         self, llm_request: LlmRequest, stream: bool = False
     ) -> AsyncGenerator[LlmResponse, None]:
         self._maybe_append_user_content(llm_request)
-        request = chat_request(llm_request.contents, llm_request.config, self.max_output_tokens)
+        request = self.chat_request(llm_request)
         job = GenerationJob(
             model=self.model,
             request=request,
@@ -116,13 +135,13 @@ class MlxLlm(BaseLlm):
         worker = get_worker()
         worker.submit(job)
         turn = _Turn()
-        ended = False
+        ended = False  # the caller got the final response (or the error)
+        outcome: Finished | None = None  # the worker is done with the job
         try:
             while not ended:
                 # Tokens that queued up while the loop was busy go out as one partial
                 # per run of text: per-token events would only make a busy loop busier.
                 fresh: list[types.Part] = []
-                outcome: Finished | None = None
                 for event in await job.channel.get():
                     if isinstance(event, Failed):
                         ended = True
@@ -146,9 +165,12 @@ class MlxLlm(BaseLlm):
         finally:
             if not ended:
                 # Cancelled (CancelledError), closed (GeneratorExit) or failed: stop the
-                # generation, then wait for its last token so "stopped" means idle.
+                # generation, then wait for its last token so "stopped" means idle. Not if
+                # the worker's outcome already came with the text just yielded (a close at
+                # that partial): it would never come again, and the wait would only end
+                # after stop_wait_s, holding up ADK's clean-up of the aborted run.
                 job.cancel()
-                if not worker.withdraw(job) and job.generating:
+                if outcome is None and not worker.withdraw(job) and job.generating:
                     await self._wait_stopped(job)
 
     async def _wait_stopped(self, job: GenerationJob) -> None:
@@ -226,6 +248,7 @@ def _usage(stats: JobStats) -> types.GenerateContentResponseUsageMetadata:
     prompt, generated = stats.prompt_tokens, stats.generated_tokens
     return types.GenerateContentResponseUsageMetadata(
         prompt_token_count=prompt,
+        cached_content_token_count=stats.cached_tokens or None,
         candidates_token_count=generated,
         total_token_count=prompt + generated,
     )

@@ -9,7 +9,10 @@ route stops an answer within one token:
 
 The model is small: it answers short factual questions ("What is the capital of
 France?") and writes a few sentences. On a laptop CPU it reads about 5 prompt tokens and
-writes about 5 answer tokens a second, so the first words take several seconds.
+writes about 5 answer tokens a second, so the first words take several seconds. Later
+turns of a chat are quicker to start: the prompt cache keeps each conversation's KV cache,
+so a turn reads only its new message. Several chats at once share the model in one batch
+(``adk_cancel.mlx.configure`` sets the batch sizes and the cache's memory bound).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from google.adk.models.llm_request import LlmRequest
 from google.genai import types
 
 import adk_cancel.mlx as amlx
-from adk_cancel.mlx._tiny import scripted_output
+from adk_cancel.mlx.testing import scripted_output
 
 
 async def main() -> None:

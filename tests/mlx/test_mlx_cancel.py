@@ -8,7 +8,6 @@ worker thread with ``time.perf_counter``: every token's completion time is recor
 from __future__ import annotations
 
 import asyncio
-import itertools
 import statistics
 import threading
 import time
@@ -25,9 +24,9 @@ from google.adk.runners import Runner
 from google.adk.sessions import InMemorySessionService
 from google.genai import types
 
+import adk_cancel
 import adk_cancel.mlx as amlx
-from adk_cancel import CancelPlugin
-from adk_cancel.mlx._tiny import scripted_output
+from adk_cancel.mlx.testing import scripted_output
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -164,11 +163,36 @@ async def test_bound_abort_flag_stops_generation_without_a_task_cancel(
     assert worker.idle.is_set()
 
 
-@pytest.mark.parametrize(
-    "with_plugin", ["mlx", "cancel", None], ids=["mlx-plugin", "cancel-plugin", "task-cancel-only"]
-)
+async def test_closing_at_a_partial_sent_with_the_outcome_does_not_wait(
+    worker: amlx.MlxWorker,
+) -> None:
+    """ADK closes the model's stream at a partial once it sees the abort (base_llm_flow
+    breaks after yielding it). If the worker saw the abort first, its outcome came in the
+    same batch as that partial's text: the close must not wait for the outcome again."""
+    flag = _Flag()
+    amlx.bind_abort_source(flag)
+    agen = _endless().generate_content_async(_request(), stream=True)
+    assert (await agen.__anext__()).partial
+    running = worker.running
+    assert running is not None
+    seen = running.generated_tokens
+    # The loop is blocked here: the text of these tokens and the outcome queue up together.
+    while running.generated_tokens < seen + 10:
+        time.sleep(0.001)
+    flag.is_aborted = True
+    assert worker.idle.wait(5)
+    assert (await agen.__anext__()).partial  # the queued text; the outcome is read with it
+    began = time.perf_counter()
+    await asyncio.wait_for(agen.aclose(), 5)
+    assert time.perf_counter() - began < 0.1
+    stats = worker.history[-1]
+    assert stats.stopped_by == "abort"
+    _assert_stopped_within_one_token(stats)
+
+
+@pytest.mark.parametrize("with_plugin", [True, False], ids=["cancel-plugin", "task-cancel-only"])
 async def test_runner_abort_signal_stops_the_model(
-    worker: amlx.MlxWorker, with_plugin: str | None
+    worker: amlx.MlxWorker, with_plugin: bool
 ) -> None:
     """ADK's own abort (what /run and /run_sse do on disconnect, and adk-cancel's route)."""
     reached = asyncio.Event()
@@ -181,7 +205,8 @@ async def test_runner_abort_signal_stops_the_model(
     app = App(
         name="app",
         root_agent=LlmAgent(name="local", model=llm),
-        plugins={"mlx": [amlx.MlxAbortPlugin()], "cancel": [CancelPlugin()], None: []}[with_plugin],
+        # adk-cancel's plugin on a plain Runner binds each model call to the abort flag.
+        plugins=[adk_cancel.CANCEL_PLUGIN] if with_plugin else [],
     )
     runner = Runner(app=app, session_service=sessions)
     session = await sessions.create_session(app_name="app", user_id="u")
@@ -241,24 +266,6 @@ async def test_cancelled_queued_request_never_starts(worker: amlx.MlxWorker) -> 
     assert dropped.finish == "skipped" and not dropped.started
     assert dropped.stopped_by == "cancel"
     assert dropped.generated_tokens == 0 and dropped.prompt_tokens == 0
-
-
-async def test_requests_are_served_one_at_a_time_in_order(worker: amlx.MlxWorker) -> None:
-    def llm(text: str) -> amlx.MlxLlm:
-        return amlx.MlxLlm(model="mlx/tiny-random", logits_processor_factory=scripted_output(text))
-
-    texts = ["first answer here", "second answer", "third"]
-    results = await asyncio.gather(
-        *(_drain(llm(t).generate_content_async(_request())) for t in texts)
-    )
-    assert [r[-1].content.parts for r in results if r[-1].content] == [
-        [types.Part(text=t)] for t in texts
-    ]
-    runs = list(worker.history)[-3:]
-    assert [s.job_id for s in runs] == sorted(s.job_id for s in runs)
-    for before, after in itertools.pairwise(runs):
-        assert before.stopped_at is not None and after.started_at is not None
-        assert after.started_at >= before.stopped_at
 
 
 async def _drain(agen: AsyncIterator[LlmResponse]) -> list[LlmResponse]:

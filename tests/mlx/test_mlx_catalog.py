@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -11,8 +12,6 @@ import pytest
 from click.testing import CliRunner
 
 import adk_cancel.mlx as amlx
-from adk_cancel.mlx import _catalog
-from adk_cancel.mlx._convert import GgufConversionError, llama_tensor_name
 from adk_cancel.mlx.cli import models
 
 
@@ -31,14 +30,15 @@ def test_model_names_resolve_to_directories(tmp_path: Path, model_cache: Path) -
         amlx.resolve("mlx/mlx-community/SmolLM2-135M-Instruct-8bit")
 
 
-def test_gguf_tensor_names_map_to_llama_names() -> None:
-    assert llama_tensor_name("blk.7.attn_q.scales") == "model.layers.7.self_attn.q_proj.scales"
-    assert llama_tensor_name("blk.0.ffn_norm.weight") == (
-        "model.layers.0.post_attention_layernorm.weight"
-    )
-    assert llama_tensor_name("token_embd.biases") == "model.embed_tokens.biases"
-    with pytest.raises(GgufConversionError, match="llama"):
-        llama_tensor_name("blk.0.ssm_conv1d.weight")
+def test_a_gguf_file_that_is_not_llama_is_refused(tmp_path: Path) -> None:
+    import mlx.core as mx
+
+    gguf = tmp_path / "mamba.gguf"
+    mx.save_gguf(str(gguf), {"blk.0.ssm_conv1d.weight": mx.zeros((4, 4))})
+    with pytest.raises(amlx.GgufConversionError, match="llama"):
+        amlx.convert_gguf(gguf, tmp_path)
+    with pytest.raises(FileNotFoundError):
+        amlx.convert_gguf(tmp_path / "missing.gguf", tmp_path)
 
 
 def test_tiny_model_is_reproducible_bit_for_bit(tmp_path: Path) -> None:
@@ -54,22 +54,21 @@ def test_tiny_model_is_reproducible_bit_for_bit(tmp_path: Path) -> None:
     assert size < 1_000_000
 
 
-def test_prepare_is_atomic_and_idempotent(tmp_path: Path) -> None:
+def test_prepare_is_atomic_and_idempotent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[Path] = []
-    original = _catalog.KNOWN_MODELS["tiny-random"]
+    original = amlx.KNOWN_MODELS["tiny-random"]
 
     def failing(out: Path, progress: object) -> None:
         calls.append(out)
         (out / "config.json").write_text("{}")
         raise RuntimeError("disk full")
 
-    broken = _catalog.KnownModel(original.name, "", original.dirname, failing)
-    _catalog.KNOWN_MODELS["tiny-random"] = broken
-    try:
+    with monkeypatch.context() as patch:
+        patch.setitem(
+            amlx.KNOWN_MODELS, "tiny-random", dataclasses.replace(original, build=failing)
+        )
         with pytest.raises(RuntimeError, match="disk full"):
             amlx.prepare("tiny-random", root=tmp_path)
-    finally:
-        _catalog.KNOWN_MODELS["tiny-random"] = original
     # The half-written staging directory is gone; the model is not there.
     assert not calls[0].exists()
     assert not (tmp_path / original.dirname).exists()
@@ -91,7 +90,7 @@ def test_cli_prepare_and_list(tmp_path: Path) -> None:
     result = runner.invoke(models, ["prepare", "tiny-random", "--cache_dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     path = Path(result.stdout.strip().splitlines()[-1])
-    assert path == tmp_path / "tiny-random-qwen2-v1" and (path / "config.json").is_file()
+    assert path == tmp_path / "tiny-random-qwen2-v2" and (path / "config.json").is_file()
 
     listed = runner.invoke(models, ["list", "--cache_dir", str(tmp_path)])
     assert listed.exit_code == 0

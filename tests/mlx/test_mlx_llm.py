@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,8 +19,7 @@ from google.adk.sessions import InMemorySessionService
 from google.genai import types
 
 import adk_cancel.mlx as amlx
-from adk_cancel.mlx._prompt import chat_request
-from adk_cancel.mlx._tiny import scripted_output
+from adk_cancel.mlx.testing import scripted_output
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -163,12 +164,7 @@ async def test_tool_result_reaches_the_prompt(tiny_model: str) -> None:
     agent = LlmAgent(name="local", model=model, tools=[get_weather], before_model_callback=before)
     await _run(agent, "Weather in Oslo?")
 
-    def render(worker: amlx.MlxWorker) -> str:
-        loaded = worker.loaded("mlx/tiny-random")
-        request = chat_request(captured[-1].contents, captured[-1].config, 8)
-        return str(loaded.tokenizer.decode(loaded.render(request)))
-
-    prompt = amlx.get_worker().call(render).result(timeout=30)
+    prompt = await amlx.MlxLlm(model="mlx/tiny-random").render(captured[-1])
     assert '"name": "get_weather"' in prompt  # the declared tool
     assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}' in prompt
     assert '<tool_response>\n{"city": "Oslo", "sky": "sunny", "temp_c": 21}' in prompt
@@ -219,9 +215,78 @@ async def test_seed_and_temperature_are_honoured(tiny_model: str) -> None:
     assert await _sample(seed=None, temperature=0.0) == greedy
 
 
-async def test_unknown_model_fails_with_a_clear_error(model_cache: Any) -> None:
-    llm = amlx.MlxLlm(model="mlx/no-such-model")
-    request = LlmRequest(contents=[_message("hi")])
-    with pytest.raises(amlx.ModelNotFoundError, match="neither a known model"):
-        async for _ in llm.generate_content_async(request):
-            pass
+def test_unknown_model_fails_when_the_model_is_built(tmp_path: Path) -> None:
+    with pytest.raises(amlx.ModelNotFoundError, match=r"neither a known model \(mlx/smollm2"):
+        amlx.MlxLlm(model="mlx/no-such-model")
+    with pytest.raises(amlx.ModelNotFoundError, match="models prepare"):
+        LLMRegistry.new_llm("mlx/no-such-model")  # what an LlmAgent(model="mlx/...") resolves
+    # A directory is accepted by its config.json alone: nothing is loaded to check it.
+    (tmp_path / "config.json").write_text("{}")
+    assert amlx.MlxLlm(model=f"mlx/{tmp_path}").model == f"mlx/{tmp_path}"
+    with pytest.raises(amlx.ModelNotFoundError):
+        amlx.MlxLlm(model=f"mlx/{tmp_path / 'missing'}")
+
+
+async def test_thoughts_become_thought_parts(tiny_model: str) -> None:
+    agent = LlmAgent(name="local", model=_scripts("<think>Paris, surely.</think>It is Paris."))
+    (answer,), _, _ = await _run(agent, "Capital of France?")
+    assert answer.content is not None
+    assert answer.content.parts == [
+        types.Part(text="Paris, surely.", thought=True),
+        types.Part(text="It is Paris."),
+    ]
+
+
+async def test_streamed_text_never_shows_the_start_of_a_stop_sequence(tiny_model: str) -> None:
+    model = _scripts("Hi STO and STOP more")
+    agent = LlmAgent(
+        name="local",
+        model=model,
+        generate_content_config=types.GenerateContentConfig(stop_sequences=["STOP"]),
+    )
+    events, _, _ = await _run(agent, "Say it", streaming=True)
+    partials = [_text(e.content) or "" for e in events if e.partial]
+    # "STOP" is several tokens: "ST" and "STO" are held back until they cannot be a stop.
+    assert "".join(partials) == "Hi STO and "
+    assert not any(p.endswith(("S", "ST", "STO")) for p in partials[:-1])
+    assert _text(events[-1].content) == "Hi STO and "
+
+
+async def test_a_stop_sequence_inside_a_tool_call_is_json_not_a_stop(tiny_model: str) -> None:
+    model = _scripts(
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "STOP"}}\n</tool_call>',
+        "Done.",
+    )
+    agent = LlmAgent(
+        name="local",
+        model=model,
+        tools=[get_weather],
+        generate_content_config=types.GenerateContentConfig(stop_sequences=["STOP"]),
+    )
+    events, _, _ = await _run(agent, "Weather?")
+    call_event, response_event, _ = events
+    (call,) = call_event.get_function_calls()
+    assert call.args == {"city": "STOP"}
+    assert [r.response for r in response_event.get_function_responses()] == [get_weather("STOP")]
+
+
+async def test_concurrent_tool_calling_agents_share_the_model(tiny_model: str) -> None:
+    async def one(city: str) -> list[Event]:
+        model = _scripts(
+            f'<tool_call>\n{{"name": "get_weather", "arguments": {{"city": "{city}"}}}}'
+            "\n</tool_call>",
+            f"It is sunny in {city}.",
+        )
+        agent = LlmAgent(name="local", model=model, tools=[get_weather])
+        events, _, _ = await _run(agent, f"Weather in {city}?", streaming=True)
+        return [e for e in events if not e.partial]
+
+    runs = await asyncio.gather(*(one(c) for c in ("Paris", "Oslo", "Rome")))
+    for city, (call_event, response_event, answer) in zip(
+        ("Paris", "Oslo", "Rome"), runs, strict=True
+    ):
+        (call,) = call_event.get_function_calls()
+        assert call.args == {"city": city}
+        assert [r.response for r in response_event.get_function_responses()] == [get_weather(city)]
+        assert answer.content is not None
+        assert answer.content.parts == [types.Part(text=f"It is sunny in {city}.")]

@@ -1,12 +1,33 @@
-"""ADK request -> chat messages, and streamed text -> answer/tool-call pieces (no MLX)."""
+"""What MlxLlm makes of an ADK request: chat messages, tools, sampling (no MLX, no model)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+from google.adk.models.llm_request import LlmRequest
 from google.genai import types
 from pydantic import BaseModel
 
-from adk_cancel.mlx._prompt import TextRouter, chat_request, sampling_options, tool_specs
+import adk_cancel.mlx as amlx
+from adk_cancel.mlx.testing import TINY_MODEL
+
+
+def chat_request(
+    contents: list[types.Content], config: types.GenerateContentConfig, default_max_tokens: int
+) -> amlx.ChatRequest:
+    llm = amlx.MlxLlm(model=TINY_MODEL, max_output_tokens=default_max_tokens)
+    return llm.chat_request(LlmRequest(contents=contents, config=config))
+
+
+def tool_specs(config: types.GenerateContentConfig) -> list[dict[str, Any]]:
+    return chat_request([_user("x")], config, 8).tools
+
+
+def sampling_options(
+    config: types.GenerateContentConfig, default_max_tokens: int
+) -> amlx.SamplingOptions:
+    return chat_request([_user("x")], config, default_max_tokens).sampling
 
 
 def _user(text: str) -> types.Content:
@@ -161,51 +182,3 @@ def test_generation_config_is_honoured_or_refused() -> None:
     assert sampling_options(types.GenerateContentConfig(), 100).max_tokens == 100
     with pytest.raises(ValueError, match="candidate_count"):
         sampling_options(types.GenerateContentConfig(candidate_count=2), 100)
-
-
-def _route(router: TextRouter, chunks: list[str]) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
-    for chunk in chunks:
-        out.extend(router.feed(chunk))
-    out.extend(router.finish())
-    merged: list[tuple[str, str]] = []
-    for kind, text in out:
-        if merged and merged[-1][0] == kind and kind != "tool_end":
-            merged[-1] = (kind, merged[-1][1] + text)
-        else:
-            merged.append((kind, text))
-    return merged
-
-
-def test_router_finds_markers_split_across_tokens() -> None:
-    router = TextRouter(tool_markers=("<tool_call>", "</tool_call>"), think_markers=None)
-    chunks = ["Let me", " check.<to", "ol_c", 'all>\n{"name": "f"}\n</tool', "_call>", "Done <"]
-    assert _route(router, chunks) == [
-        ("answer", "Let me check."),
-        ("tool", '\n{"name": "f"}\n'),
-        ("tool_end", ""),
-        ("answer", "Done <"),
-    ]
-
-
-def test_router_never_shows_a_marker_prefix_early() -> None:
-    router = TextRouter(tool_markers=("<tool_call>", "</tool_call>"), think_markers=None)
-    assert router.feed("Hi <tool") == [("answer", "Hi ")]
-    assert router.feed("_call>") == []
-
-
-def test_router_stop_sequence_ends_output_but_not_inside_tool_json() -> None:
-    router = TextRouter(
-        tool_markers=("<tool_call>", "</tool_call>"), think_markers=None, stop=["STOP"]
-    )
-    pieces = _route(router, ['<tool_call>{"a": "STOP"}</tool_call>ok S', "TOP and more"])
-    assert pieces == [("tool", '{"a": "STOP"}'), ("tool_end", ""), ("answer", "ok ")]
-    assert router.stopped
-
-
-def test_router_thoughts() -> None:
-    router = TextRouter(tool_markers=None, think_markers=("<think>", "</think>"))
-    assert _route(router, ["<think>hm", "m</think>Yes"]) == [
-        ("thought", "hmm"),
-        ("answer", "Yes"),
-    ]

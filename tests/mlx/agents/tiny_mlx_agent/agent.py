@@ -9,7 +9,7 @@ from typing import Any
 from google.adk.agents import LlmAgent
 
 from adk_cancel.mlx import MlxLlm, watch_abort
-from adk_cancel.mlx._tiny import scripted_output
+from adk_cancel.mlx.testing import scripted_output
 
 TALKING = threading.Event()
 """Set once the current answer is 20 tokens long; tests clear it before each run."""

@@ -1,11 +1,20 @@
-"""A tiny random-weight qwen2 model for tests and benchmarks, built offline in seconds.
+"""Test tooling for agents on local models: a tiny offline model and exact scripted output.
 
-The model speaks nonsense (its weights are random), but it is a real mlx-lm model: the
-same architecture code, KV cache, chat template, tokenizer and tool-call parser as a
-Qwen2.5 checkpoint, at about 0.1 M parameters. Rebuilding it gives the same bytes.
+Public and stable (``adk_cancel.mlx.testing``), so that tests of your own agents can use
+what adk-cancel's tests use:
 
-:func:`scripted_output` makes it say an exact text, tool calls included, by letting only
-the next token of the script through the logits; that is how tests check tool calling.
+- :data:`TINY_MODEL` (``"mlx/tiny-random"``): a tiny random-weight qwen2 model. It speaks
+  nonsense, but it is a real mlx-lm model: the same architecture code, KV cache, chat
+  template, tokenizer and tool-call parser as a Qwen2.5 checkpoint, at about 0.1 M
+  parameters, built offline in about 2 s the first time it is used (and byte-identical
+  on every rebuild). :func:`build_tiny_model` writes it into a directory of your choice.
+- :func:`scripted_output`: a logits-processor factory for ``MlxLlm(
+  logits_processor_factory=...)`` that makes any model say an exact text, tool calls
+  included, by letting only the next token of the script through; with ``None`` it only
+  forbids the end-of-turn token, so a model talks until it is stopped or hits its
+  ``max_output_tokens``.
+
+Importing this module imports no MLX; the functions do when called.
 """
 
 from __future__ import annotations
@@ -15,15 +24,30 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from ._worker import LogitsProcessor, LogitsProcessorFactory
+from ._sampling import LogitsProcessor, LogitsProcessorFactory
 
 if TYPE_CHECKING:
     import mlx.core as mx
 
-SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>")
-VOCAB_SIZE = 512
+__all__ = ["TINY_MODEL", "build_tiny_model", "scripted_output"]
 
-CONFIG: dict[str, Any] = {
+TINY_MODEL = "mlx/tiny-random"
+"""The model name of the tiny test model, for ``MlxLlm(model=TINY_MODEL)``."""
+
+# With "<think>"/"</think>" in the vocabulary mlx-lm reports the tokenizer as a thinking
+# one, so a scripted "<think>...</think>" output exercises the adapter's thought parts.
+_SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<tool_call>",
+    "</tool_call>",
+    "<think>",
+    "</think>",
+)
+_VOCAB_SIZE = 512
+
+_CONFIG: dict[str, Any] = {
     "model_type": "qwen2",
     "architectures": ["Qwen2ForCausalLM"],
     "hidden_size": 64,
@@ -32,7 +56,7 @@ CONFIG: dict[str, Any] = {
     "num_attention_heads": 4,
     "num_key_value_heads": 2,
     "rms_norm_eps": 1e-6,
-    "vocab_size": VOCAB_SIZE,
+    "vocab_size": _VOCAB_SIZE,
     "max_position_embeddings": 8192,
     "rope_theta": 10000.0,
     "tie_word_embeddings": True,
@@ -40,7 +64,7 @@ CONFIG: dict[str, Any] = {
 
 # Qwen2.5's tool-calling template, trimmed of nothing that matters here: mlx-lm picks its
 # "json_tools" parser from the "<tool_call>" and "tool_call.name" it contains.
-CHAT_TEMPLATE = """\
+_CHAT_TEMPLATE = """\
 {%- if tools %}
 {{- '<|im_start|>system\\n' }}
 {%- if messages[0].role == 'system' %}{{- messages[0].content }}\
@@ -93,7 +117,7 @@ system user assistant tool function call response result error message content
 """
 
 
-def build_tokenizer_json() -> str:
+def _tokenizer_json() -> str:
     """A byte-level BPE tokenizer trained on a fixed corpus (deterministic)."""
     from tokenizers import Tokenizer, decoders, pre_tokenizers, processors, trainers
     from tokenizers.models import BPE
@@ -103,19 +127,19 @@ def build_tokenizer_json() -> str:
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE,
-        special_tokens=list(SPECIAL_TOKENS),
+        vocab_size=_VOCAB_SIZE,
+        special_tokens=list(_SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     # One sequence per line keeps training independent of thread scheduling.
     tokenizer.train_from_iterator(_CORPUS.splitlines(), trainer=trainer)
-    if tokenizer.get_vocab_size() > VOCAB_SIZE:
+    if tokenizer.get_vocab_size() > _VOCAB_SIZE:
         raise RuntimeError("the tiny tokenizer outgrew the model's embedding table")
     return tokenizer.to_str(pretty=True)
 
 
-def tokenizer_config() -> dict[str, Any]:
+def _tokenizer_config() -> dict[str, Any]:
     return {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": None,
@@ -124,9 +148,11 @@ def tokenizer_config() -> dict[str, Any]:
         "unk_token": None,
         "add_bos_token": False,
         "clean_up_tokenization_spaces": False,
-        "model_max_length": CONFIG["max_position_embeddings"],
-        "additional_special_tokens": ["<|im_start|>", "<tool_call>", "</tool_call>"],
-        "chat_template": CHAT_TEMPLATE,
+        "model_max_length": _CONFIG["max_position_embeddings"],
+        "additional_special_tokens": [
+            t for t in _SPECIAL_TOKENS if t not in ("<|endoftext|>", "<|im_end|>")
+        ],
+        "chat_template": _CHAT_TEMPLATE,
         "tool_parser_type": "json_tools",
     }
 
@@ -145,9 +171,9 @@ def build_tiny_model(
 
     report = progress or (lambda done, total, what: None)
     report(0, 3, "building tokenizer")
-    tokenizer_json = build_tokenizer_json()
-    eos_id = json.loads(tokenizer_json)["added_tokens"][SPECIAL_TOKENS.index("<|im_end|>")]["id"]
-    config = {**CONFIG, "eos_token_id": eos_id}
+    tokenizer_json = _tokenizer_json()
+    eos_id = json.loads(tokenizer_json)["added_tokens"][_SPECIAL_TOKENS.index("<|im_end|>")]["id"]
+    config = {**_CONFIG, "eos_token_id": eos_id}
 
     report(1, 3, "drawing weights")
     args = cast(qwen2.ModelArgs, qwen2.ModelArgs.from_dict(config))  # type: ignore[no-untyped-call]
@@ -166,7 +192,7 @@ def build_tiny_model(
     (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     (out_dir / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
     (out_dir / "tokenizer_config.json").write_text(
-        json.dumps(tokenizer_config(), indent=2, sort_keys=True)
+        json.dumps(_tokenizer_config(), indent=2, sort_keys=True)
     )
     report(3, 3, "done")
 
