@@ -19,10 +19,14 @@ CancelAction = Literal["interrupt", "rollback"]
 RunStatus = Literal["queued", "running", "cancelling"]
 """Where an active run is."""
 
-StoppedBy = Literal["abort", "force", "finished", "error"]
+OnBusy = Literal["allow", "reject", "interrupt", "rollback", "enqueue"]
+"""What a new run does when its session already has an active run (see ``_busy.py``)."""
+
+StoppedBy = Literal["abort", "force", "finished", "error", "queued"]
 """How a run ended after a cancel: ADK's cooperative abort, a forced task cancel, it
-finished on its own before the cancel took hold, or it raised on its way out (logged; the
-session was repaired and the client got a cancelled answer)."""
+finished on its own before the cancel took hold, it raised on its way out (logged; the
+session was repaired and the client got a cancelled answer), or it was still queued behind
+another run of its session (it never started)."""
 
 
 class SessionKey(NamedTuple):
@@ -41,6 +45,12 @@ class CancelRequest(BaseModel):
     invocation_id: str | None = Field(
         default=None, min_length=1, description="Cancel only this invocation of the session."
     )
+    run_id: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Cancel only this run, as GET .../runs lists it (a queued run has no "
+        "invocation id yet).",
+    )
     reason: str | None = Field(
         default=None, max_length=500, description="Shown to the run's client and logged."
     )
@@ -55,6 +65,12 @@ class CancelRequest(BaseModel):
         le=300,
         allow_inf_nan=False,
         description="With wait=true, answer after this long even if a run has not stopped.",
+    )
+    action: CancelAction = Field(
+        default="interrupt",
+        description="interrupt: the session keeps the stopped turn, sealed, with the text "
+        "streamed so far; rollback: the session is rewound to before the turn's message "
+        "(events the model sees, state, artifacts).",
     )
 
 
@@ -81,6 +97,11 @@ class RunInfo(BaseModel):
     worker: str = Field(description="Id of the server process that holds the run.")
     cancelling: bool = False
     status: RunStatus = "running"
+    on_busy: OnBusy | None = Field(
+        default=None,
+        description="The busy policy the run was admitted under; under any but allow it is "
+        "the only run of its session while it runs.",
+    )
 
 
 class CancelledRun(BaseModel):
@@ -100,6 +121,16 @@ class CancelledRun(BaseModel):
         description="True when adk-cancel answered function calls the run left open (a "
         "forced or live run, or ADK's own seal missing from the stored session).",
     )
+    rolled_back: bool | None = Field(
+        default=None,
+        description="With action=rollback: whether the session was rewound to before the "
+        "run's message (null: no rollback was asked).",
+    )
+    rollback_error: str | None = Field(
+        default=None,
+        description="Why it was not rolled back (nothing to roll back, or the rewind "
+        "failed: the session is then left interrupted and well-formed).",
+    )
 
 
 class CancelResponse(BaseModel):
@@ -116,6 +147,15 @@ class CancelResponse(BaseModel):
         description="Set when other workers could not be reached (the cancel backend is "
         "down): only this worker's runs were cancelled; retry once the backend is back.",
     )
+
+
+class BusyResponse(BaseModel):
+    """A run refused by its session's busy policy: 409 (``reject``) or 429 (the queue of
+    ``enqueue`` is full)."""
+
+    detail: str
+    on_busy: OnBusy
+    runs: list[RunInfo] = Field(description="The session's active and queued runs.")
 
 
 class RunsResponse(BaseModel):

@@ -8,11 +8,14 @@ from typing import TYPE_CHECKING
 from google.adk.plugins.base_plugin import BasePlugin
 
 from ._abort_source import bind_abort_source
+from ._partial import on_run_event
 from ._registry import current_run
+from ._rollback import remember_state
 
 if TYPE_CHECKING:
     from google.adk.agents.callback_context import CallbackContext
     from google.adk.agents.invocation_context import InvocationContext
+    from google.adk.events.event import Event
     from google.adk.models.llm_request import LlmRequest
     from google.adk.models.llm_response import LlmResponse
     from google.genai import types
@@ -56,6 +59,16 @@ class CancelPlugin(BasePlugin):
         bind_abort_source(callback_context)
         return None
 
+    async def on_event_callback(
+        self, *, invocation_context: InvocationContext, event: Event
+    ) -> Event | None:
+        # Every event of the run passes here before ADK stores it, its abort seal included:
+        # the text the run had streamed is kept just before the seal (see _partial.py).
+        entry = current_run.get()
+        if entry is not None and entry.invocation_context is invocation_context:
+            await on_run_event(entry, invocation_context, event)
+        return None
+
 
 def _attach(invocation_context: InvocationContext) -> None:
     entry = current_run.get()
@@ -63,6 +76,7 @@ def _attach(invocation_context: InvocationContext) -> None:
     # outermost invocation, which is the one a cancel must abort.
     if entry is not None and entry.invocation_context is None:
         entry.attach(invocation_context, asyncio.current_task())
+        remember_state(entry, invocation_context)  # before ADK stores the message
 
 
 CANCEL_PLUGIN = CancelPlugin()

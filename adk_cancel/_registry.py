@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._models import CancelledRun, Route, RunInfo, SessionKey, StoppedBy
+from ._models import CancelledRun, OnBusy, Route, RunInfo, SessionKey, StoppedBy
 from ._options import CancelOptions
 from ._order import CancelOrder
 from ._writes import SessionWrites, session_writes
@@ -70,6 +70,16 @@ class RunEntry:
     output_taps: list[Callable[[Message], None]] = field(default_factory=list)
     """Called with every body chunk and websocket message the app sends its client (keep
     them cheap: they run on every streamed event)."""
+    on_busy: OnBusy | None = None
+    """The busy policy the run is admitted under (see ``_busy.py``)."""
+    queued: bool = False
+    """Waiting for its session to be free: the app has not been called."""
+    replaced: list[CancelledRun] = field(default_factory=list)
+    """The runs its busy policy cancelled so that it could start."""
+    rolled_back: bool | None = None
+    """With a rollback: whether the session was rewound (None: no rollback asked)."""
+    rollback_error: str | None = None
+    """Why the rollback did not happen."""
 
     @property
     def cancel_reason(self) -> str | None:
@@ -128,7 +138,12 @@ class RunEntry:
             elapsed_ms=round((time.monotonic() - self.started_mono) * 1000, 3),
             worker=self.registry.node_id,
             cancelling=self.cancel_order is not None,
-            status="running" if self.cancel_order is None else "cancelling",
+            status="cancelling"
+            if self.cancel_order is not None
+            else "queued"
+            if self.queued
+            else "running",
+            on_busy=self.on_busy,
         )
 
     def outcome(self) -> CancelledRun:
@@ -142,6 +157,8 @@ class RunEntry:
             stopped_by=self.stopped_by if done else None,
             stop_ms=self.stop_ms if done else None,
             repaired=self.repaired,
+            rolled_back=self.rolled_back,
+            rollback_error=self.rollback_error,
         )
 
 
@@ -211,7 +228,11 @@ class RunRegistry:
     async def cancel_here(self, order: CancelOrder) -> list[CancelledRun]:
         """Cancel the order's runs that this process holds."""
         entries = [
-            e for e in self._by_key.get(order.key, {}).values() if order.matches(e.invocation_id)
+            e
+            for e in self._by_key.get(order.key, {}).values()
+            if order.matches(e.invocation_id, e.run_id)
+            # A newer run replacing the active ones leaves the runs waiting beside it alone.
+            and not (order.cause == "busy" and e.queued)
         ]
         for entry in entries:
             entry.request_cancel(order)
@@ -226,8 +247,10 @@ class RunRegistry:
     def default_timeout_s(self) -> float:
         return self.grace_s + WAIT_MARGIN_S
 
-    def register(self, key: SessionKey, route: Route) -> RunEntry:
-        entry = RunEntry(registry=self, key=key, route=route)
+    def register(self, key: SessionKey, route: Route, on_busy: OnBusy | None = None) -> RunEntry:
+        # A run under a busy policy other than allow waits for its session before it starts.
+        queued = on_busy is not None and on_busy != "allow"
+        entry = RunEntry(registry=self, key=key, route=route, on_busy=on_busy, queued=queued)
         self._by_key.setdefault(key, {})[entry.run_id] = entry
         self._idle.clear()
         self.backend.announce(entry.info())
@@ -245,6 +268,10 @@ class RunRegistry:
         if not self._by_key:
             self._idle.set()
         self.backend.withdraw(entry.info())
+
+    def entries_here(self, key: SessionKey) -> list[RunEntry]:
+        """The session's runs that this process holds, as entries."""
+        return list(self._by_key.get(key, {}).values())
 
     def keys_here(self) -> list[SessionKey]:
         """The sessions this process holds runs of."""

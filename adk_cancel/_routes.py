@@ -124,8 +124,10 @@ def build_router(registry: RunRegistry) -> APIRouter:
             key=key,
             reason=request.reason or DEFAULT_REASON,
             invocation_id=request.invocation_id,
+            run_id=request.run_id,
             wait=request.wait,
             timeout_s=request.timeout_s or registry.default_timeout_s(),
+            action=request.action,
         )
         runs, error = await registry.cancel_everywhere(order)
         if not runs:

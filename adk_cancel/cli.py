@@ -165,6 +165,7 @@ def _call(method: str, url: str, path: str, **kwargs: Any) -> httpx.Response:
 @main.command("cancel")
 @_with_client_options
 @click.option("--invocation", "invocation_id", default=None, help="Cancel only this invocation.")
+@click.option("--run", "run_id", default=None, help="Cancel only this run (as `runs` lists it).")
 @click.option("--reason", default=None, help="Why; shown to the run's client.")
 @click.option(
     "--wait/--no_wait",
@@ -178,21 +179,32 @@ def _call(method: str, url: str, path: str, **kwargs: Any) -> httpx.Response:
     default=None,
     help="With --wait, answer after this long even if a run has not stopped.",
 )
+@click.option(
+    "--action",
+    type=click.Choice(["interrupt", "rollback"]),
+    default="interrupt",
+    show_default=True,
+    help="interrupt: the session keeps the stopped turn (sealed, with the text streamed so "
+    "far); rollback: the session is rewound to before the turn's message.",
+)
 def cancel_command(
     url: str,
     app_name: str,
     user_id: str,
     session_id: str,
     invocation_id: str | None,
+    run_id: str | None,
     reason: str | None,
     wait: bool,
     timeout_s: float | None,
+    action: str,
 ) -> None:
     """Stop the runs in flight for a session. Exit 0 when cancelled, 1 when none was
     running, 2 on any other error."""
-    body: dict[str, Any] = {"wait": wait}
+    body: dict[str, Any] = {"wait": wait, "action": action}
     for name, value in (
         ("invocation_id", invocation_id),
+        ("run_id", run_id),
         ("reason", reason),
         ("timeout_s", timeout_s),
     ):

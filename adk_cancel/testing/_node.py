@@ -101,7 +101,7 @@ class SimpleNode:
         chosen = [
             r
             for r in self.runs.values()
-            if _key(r.info) == order.key and order.matches(r.info.invocation_id)
+            if _key(r.info) == order.key and order.matches(r.info.invocation_id, r.info.run_id)
         ]
         for run in chosen:
             if run.cancel_at is None:
