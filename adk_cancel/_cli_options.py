@@ -133,7 +133,8 @@ def option_params(options_type: type[Any] = CancelOptions) -> list[click.Option]
 
 def pop_options(values: dict[str, Any], options_type: type[T]) -> T:
     """The options in a command's parsed values, taken out of them (the rest are ADK's)."""
-    ours = {field.name: values.pop(field.name) for field in fields(options_type)}
+    # A field missing from ``values`` (a command built before it existed) keeps its default.
+    ours = {f.name: values.pop(f.name) for f in fields(options_type) if f.name in values}
     try:
         return options_type(**ours)
     except ValueError as exc:

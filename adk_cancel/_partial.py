@@ -158,12 +158,15 @@ def _wanted(entry: RunEntry) -> StreamedText | None:
     return stream if stream.text else None
 
 
-def kept_event(entry: RunEntry, stream: StreamedText) -> Event:
+def kept_event(entry: RunEntry, stream: StreamedText, before: Event | None = None) -> Event:
+    """The event that keeps the streamed text (``before``: the seal it must precede)."""
     order = entry.cancel_order
     assert order is not None and entry.invocation_id is not None
     ic = entry.invocation_context
     fallback = getattr(getattr(ic, "agent", None), "name", None) or "model"
-    return Event(
+    # Database stores read events back in timestamp order, and ADK created its seal before
+    # this one: dated a microsecond before the seal, it reads back where it was written.
+    event = Event(
         invocation_id=entry.invocation_id,
         author=stream.author or fallback,
         branch=stream.branch,
@@ -178,6 +181,9 @@ def kept_event(entry: RunEntry, stream: StreamedText) -> Event:
             }
         },
     )
+    if before is not None:
+        event.timestamp = min(event.timestamp, before.timestamp - 1e-6)
+    return event
 
 
 async def on_run_event(entry: RunEntry, ic: InvocationContext, event: Event) -> None:
@@ -192,7 +198,8 @@ async def on_run_event(entry: RunEntry, ic: InvocationContext, event: Event) -> 
     if event.error_code != ABORTED_CODE or (kept := _wanted(entry)) is None:
         return
     try:
-        await ic.session_service.append_event(session=ic.session, event=kept_event(entry, kept))
+        event_kept = kept_event(entry, kept, before=event)
+        await ic.session_service.append_event(session=ic.session, event=event_kept)
         kept.written = True
     except Exception:
         # A stale session object (a shared store): the run's end writes it from a fresh read.

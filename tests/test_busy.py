@@ -19,7 +19,7 @@ from turns import (
     close,
     kept,
     new_session,
-    observed,
+    noted,
     prompts,
     runs,
     said,
@@ -66,7 +66,7 @@ async def active(
     On /run, whose client sees nothing until the end, a run waiting in its tool instead."""
     if route == "run":
         turn = await start(http, server.url, route, sid, "tool 30", policy=policy)
-        await until(lambda: observed("tool_started", sid), what="tool started")
+        await until(lambda: noted("tool_started", sid), what="tool started")
     else:
         turn = await start(http, server.url, route, sid, "words 30", policy=policy)
         await until(lambda: turn.partials() >= 3 or turn.done, what="three words streamed")

@@ -245,13 +245,13 @@ async def cancel(
     return dict(answer.json())
 
 
-def observed(kind: str, sid: str) -> list[dict[str, Any]]:
+def noted(kind: str, sid: str) -> list[dict[str, Any]]:
     return [o for o in OBSERVED if o["event"] == kind and o.get("session_id") == sid]
 
 
 def prompts(sid: str) -> list[list[dict[str, Any]]]:
     """Every prompt the model got for the session: its contents as (role, text, calls)."""
-    return [o["contents"] for o in observed("model_request", sid)]
+    return [o["contents"] for o in noted("model_request", sid)]
 
 
 def said(prompt: list[dict[str, Any]]) -> list[tuple[str, str]]:
