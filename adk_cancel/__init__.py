@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from ._install import PLUGIN_PATH, get_fast_api_app, install
     from ._middleware import CancelMiddleware
     from ._models import (
+        BusyResponse,
         CancelledRun,
         CancelRequest,
         CancelResponse,
@@ -36,6 +37,7 @@ __all__ = [
     "CANCEL_PLUGIN",
     "PLUGIN_PATH",
     "WS_CLOSE_CANCELLED",
+    "BusyResponse",
     "CancelMiddleware",
     "CancelOptions",
     "CancelOrder",
@@ -65,6 +67,7 @@ _HOME = {
     "install": "._install",
     "WS_CLOSE_CANCELLED": "._response",
     "CancelMiddleware": "._middleware",
+    "BusyResponse": "._models",
     "CancelledRun": "._models",
     "CancelRequest": "._models",
     "CancelResponse": "._models",

@@ -149,6 +149,9 @@ class SessionGate:
             return True
         mode = _MODES[policy]
         waited = False
+        gone: set[str] = set()
+        """Runs this one's cancels reported stopped: another worker may list them a moment
+        longer (its withdrawal is written after the run ended)."""
         self._waiting[entry.key] += 1
         try:
             while entry.cancel_order is None:
@@ -158,7 +161,7 @@ class SessionGate:
                     raise await self._refusal(entry, 429)
                 unleased: list[RunInfo] = []
                 if answer.granted:
-                    unleased = await self._unleased(entry)
+                    unleased = await self._unleased(entry, gone)
                     if not unleased and entry.cancel_order is None:
                         entry.queued = False
                         self.registry.backend.announce(entry.info())
@@ -171,7 +174,7 @@ class SessionGate:
                     waited = True
                     if on_wait is not None:
                         await on_wait()
-                if policy in ("interrupt", "rollback") and await self._replace(entry, policy):
+                if policy in ("interrupt", "rollback") and await self._replace(entry, policy, gone):
                     continue
                 await self._wait(entry, event)
         except Refusal:
@@ -212,7 +215,7 @@ class SessionGate:
             entry.key, self.registry.node_id, entry.run_id, mode, max_queued
         )
 
-    async def _unleased(self, entry: RunEntry) -> list[RunInfo]:
+    async def _unleased(self, entry: RunEntry, gone: set[str]) -> list[RunInfo]:
         """Active runs of the session that hold no lease (started under allow)."""
         local = [
             e.info()
@@ -225,11 +228,16 @@ class SessionGate:
             remote = await self.registry.backend.list_remote(entry.key)
         except BackendUnavailable:
             remote = []
-        return local + [r for r in remote if r.status != "queued" and r.on_busy in (None, "allow")]
+        return local + [
+            r
+            for r in remote
+            if r.status != "queued" and r.on_busy in (None, "allow") and r.run_id not in gone
+        ]
 
-    async def _replace(self, entry: RunEntry, policy: OnBusy) -> bool:
+    async def _replace(self, entry: RunEntry, policy: OnBusy, gone: set[str]) -> bool:
         """Cancel the session's active runs, waiting until they have stopped (and, under
-        rollback, been rolled back); whether any was found."""
+        rollback, been rolled back); whether any did (one on a worker that is gone or does
+        not answer has not: its lease lapses in its own time)."""
         order = CancelOrder(
             entry.key,
             reason=f"replaced by a newer run of this session (on_busy={policy})",
@@ -248,7 +256,9 @@ class SessionGate:
                 entry.replaced[known[run.run_id]] = run
             else:
                 entry.replaced.append(run)
-        return bool(runs)
+        stopped = {run.run_id for run in runs if run.stopped}
+        gone |= stopped
+        return bool(stopped)
 
     async def _wait(self, entry: RunEntry, event: anyio.Event) -> None:
         poll = getattr(self.registry.backend, "lease_poll_s", None)

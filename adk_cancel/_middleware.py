@@ -33,11 +33,27 @@ backend, the client disconnecting, or the server shutting down; each calls
 | ADK's seal vs the stored session            | adk-cancel reads the session back after      |
 |                                             | every cancel and answers any call left open  |
 | a new run vs server shutdown                | shutdown: 503 (websocket: close 1012)        |
+| a new run vs an active run of its session   | its busy policy (``_busy.py``): allow both;  |
+| (this worker or another)                    | reject 409; interrupt/rollback cancel it     |
+|                                             | (cause busy), wait until it is sealed (and   |
+|                                             | rolled back), then start; enqueue waits      |
+| two new runs of one session at once, on     | the session's lease, taken atomically: one   |
+| any workers (policy other than allow)       | starts; under interrupt the later then       |
+|                                             | replaces it, under enqueue it waits          |
+| a cancel (or the client leaving) vs a       | the cancel: it never starts,                 |
+| queued run                                  | ``stopped_by="queued"``                      |
+| a run's answer completing vs a newer run's  | the answer: the run is marked ended before   |
+| interrupt                                   | its session is given back, before the last   |
+|                                             | byte, so the interrupt finds it finished     |
+| ADK's seal vs the words the run streamed    | the words: stored just before the seal (the  |
+|                                             | plugin sees the seal first; ``_partial.py``) |
+| the next run vs a rollback                  | the rollback: the session is given back only |
+|                                             | after it (and after the repair)              |
 
 The cancel route answers (``wait=true``) when ``RunEntry.finished`` is set: after the run's
-task ended, the session was read back and repaired and the response was finished, so the
-next turn on the session sees a well-formed history. Registry clean-up is in ``finally``
-(ADK skips ``after_run_callback`` on a cancelled task).
+task ended, the session was read back and repaired (and, with ``action="rollback"``, rewound)
+and the response was finished, so the next turn on the session sees a well-formed history.
+Registry clean-up is in ``finally`` (ADK skips ``after_run_callback`` on a cancelled task).
 """
 
 from __future__ import annotations
