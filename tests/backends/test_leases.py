@@ -8,14 +8,19 @@ Memory leases are one process's: the tests that need two processes run on Redis 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
+from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
+from support import build_app, run_body, session_path, wait_until
 
 from adk_cancel import SessionKey
 from adk_cancel.backends import (
     BackendUnavailable,
+    CancelBackend,
     LeaseAnswer,
     RedisBackend,
     SessionLeases,
@@ -188,3 +193,45 @@ async def test_redis_down_is_backend_unavailable(redis_server: RedisServer) -> N
         assert time.monotonic() - started < 3.0
     finally:
         await backend.disconnect()
+
+
+class _NoLeases:
+    """A custom backend of the kind written before leases existed: the CancelBackend methods
+    only, one process."""
+
+    async def connect(self, node: Any) -> None:
+        return None
+
+    async def disconnect(self) -> None:
+        return None
+
+    def announce(self, run: Any) -> None:
+        return None
+
+    def withdraw(self, run: Any) -> None:
+        return None
+
+    async def list_remote(self, key: SessionKey) -> list[Any]:
+        return []
+
+    async def cancel_remote(self, order: Any) -> list[Any]:
+        return []
+
+
+def test_a_backend_without_leases_gets_this_workers_decision(observed: list[Any]) -> None:
+    backend = _NoLeases()
+    assert isinstance(backend, CancelBackend) and not isinstance(backend, SessionLeases)
+    app = build_app(cancel_backend=backend, on_busy="reject")
+    with TestClient(app) as client:
+        sid = client.post("/apps/slow_agent/users/u/sessions", json={}).json()["id"]
+        thread = threading.Thread(
+            target=lambda: client.post("/run", json=run_body(sid, "tool 30")), daemon=True
+        )
+        thread.start()
+        wait_until(lambda: any(o["event"] == "tool_started" for o in observed))
+        refused = client.post("/run", json=run_body(sid, "quick"))
+        assert refused.status_code == 409, refused.text
+        assert [r["route"] for r in refused.json()["runs"]] == ["run"]
+        assert client.post(session_path(sid) + ":cancel").status_code == 200
+        thread.join(5)
+        assert client.post("/run", json=run_body(sid, "quick")).status_code == 200
