@@ -192,12 +192,11 @@ async def test_runs_queue_across_workers_in_arrival_order(
         listed = functools.partial(_listed, http, a, sid, len(turns))
         await until(listed, what=f"{text} queued")
     for worker in (a, b):
-        listed = await runs(http, worker.url, sid)
-        assert sorted(r["status"] for r in listed) == ["queued", "queued", "queued", "running"]
+        now = await runs(http, worker.url, sid)
+        assert sorted(r["status"] for r in now) == ["queued", "queued", "queued", "running"]
     # Withdraw the last one through the worker that does not hold it.
-    [last] = [r for r in await runs(http, a.url, sid) if b.holds(r) and r["status"] == "queued"][
-        -1:
-    ]
+    on_b = [r for r in await runs(http, a.url, sid) if b.holds(r) and r["status"] == "queued"]
+    last = max(on_b, key=lambda r: float(r["started_at"]))
     answer = await cancel(http, a.url, sid, run_id=last["run_id"])
     assert answer["runs"][0]["stopped_by"] == "queued"
     for turn in turns:
