@@ -50,19 +50,67 @@ ABORTED_CODE = "INVOCATION_ABORTED"
 RETRY_DELAYS_S = (0.0, 0.02, 0.1)
 
 
+_PARTIAL = b'"partial":true'
+_CONTENT = b'"content"'
+
+
 class StreamedText:
-    """The text a run has streamed since its last complete event (one author's)."""
+    """The text a run has streamed since its last complete event (one author's).
+
+    A tap runs on every streamed event, so it only sorts bytes: a partial event is kept as
+    it was sent, and parsed only if its text is ever wanted (at a cancel); another event is
+    parsed only if it may carry content (which starts the text afresh).
+    """
 
     def __init__(self) -> None:
-        self.chunks: list[str] = []
-        self.author: str | None = None
-        self.branch: str | None = None
+        self._sent: list[bytes | str] = []
+        """The partial events sent since the last complete one, as JSON."""
+        self._events: list[Event] = []
+        """The same, as ADK events (``/run``'s feed)."""
         self.written = False
         self._pending = b""
 
-    @property
-    def text(self) -> str:
-        return "".join(self.chunks)
+    def kept(self) -> tuple[str, str | None, str | None]:
+        """(text, author, branch) of the streamed text; the last author's, if it changed."""
+        chunks: list[str] = []
+        author = branch = None
+        for who, where, texts in self._parsed():
+            if not texts:
+                continue
+            if chunks and who != author:
+                chunks.clear()
+            author, branch = who, where
+            chunks.extend(texts)
+        return "".join(chunks), author, branch
+
+    def _parsed(self) -> list[tuple[str | None, str | None, list[str]]]:
+        out: list[tuple[str | None, str | None, list[str]]] = [
+            (e.author, e.branch, [p.text for p in _parts(e) if p.text and not p.thought])
+            for e in self._events
+        ]
+        for raw in self._sent:
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                continue
+            if not isinstance(event, dict):
+                continue
+            content = event.get("content")
+            parts = content.get("parts") if isinstance(content, dict) else None
+            texts = [
+                p["text"]
+                for p in (parts if isinstance(parts, list) else ())
+                if isinstance(p, dict) and isinstance(p.get("text"), str) and not p.get("thought")
+            ]
+            author, branch = event.get("author"), event.get("branch")
+            out.append(
+                (
+                    author if isinstance(author, str) else None,
+                    branch if isinstance(branch, str) else None,
+                    texts,
+                )
+            )
+        return out
 
     # -- feeds -----------------------------------------------------------------------------
 
@@ -72,69 +120,43 @@ class StreamedText:
         if kind == "http.response.body":
             self._sse(message.get("body", b""))
         elif kind == "websocket.send":
-            text = message.get("text")
-            if text is None and message.get("bytes") is not None:
-                text = message["bytes"].decode(errors="replace")
-            if text:
-                self._json(text)
+            data = message.get("text")
+            if data is None:
+                data = message.get("bytes")
+            if data:
+                self._sort(data if isinstance(data, bytes) else data.encode())
 
     def event(self, event: Event) -> None:
         """An ADK event as the runner yields it (``/run``: nothing reaches the client)."""
-        parts = event.content.parts if event.content is not None else None
         if event.partial:
-            texts = [p.text for p in parts or () if p.text and not p.thought]
-            self._add(event.author, event.branch, texts)
-        elif parts or event.turn_complete:
-            self._reset()
+            self._events.append(event)
+        elif _parts(event) or event.turn_complete:
+            self._events.clear()
 
     def _sse(self, body: bytes) -> None:
-        data = self._pending + body
+        data = self._pending + body if self._pending else body
         *blocks, self._pending = data.split(b"\n\n")
         for block in blocks:
-            lines = [
-                line[5:].lstrip(b" ") for line in block.split(b"\n") if line.startswith(b"data:")
-            ]
-            if lines:
-                self._json(b"\n".join(lines).decode(errors="replace"))
+            if block.startswith(b"data: "):
+                self._sort(block[6:])  # ADK's one-line events; other blocks are ours
 
-    def _json(self, text: str) -> None:
-        try:
-            event = json.loads(text)
-        except ValueError:
-            return
-        if not isinstance(event, dict):
-            return
-        content = event.get("content")
-        parts = content.get("parts") if isinstance(content, dict) else None
-        if not isinstance(parts, list):
-            parts = None
-        if event.get("partial") is True:
-            texts = [
-                p["text"]
-                for p in parts or ()
-                if isinstance(p, dict) and isinstance(p.get("text"), str) and not p.get("thought")
-            ]
-            author = event.get("author")
-            branch = event.get("branch")
-            self._add(
-                author if isinstance(author, str) else None,
-                branch if isinstance(branch, str) else None,
-                texts,
-            )
-        elif parts or event.get("turnComplete") is True:
-            self._reset()
+    def _sort(self, event: bytes) -> None:
+        if _PARTIAL in event:
+            self._sent.append(event)
+        elif _CONTENT in event or b'"turnComplete":true' in event:
+            try:
+                parsed = json.loads(event)
+            except ValueError:
+                return
+            content = parsed.get("content") if isinstance(parsed, dict) else None
+            if (isinstance(content, dict) and content.get("parts")) or (
+                isinstance(parsed, dict) and parsed.get("turnComplete") is True
+            ):
+                self._sent.clear()
 
-    def _add(self, author: str | None, branch: str | None, texts: list[str]) -> None:
-        if not texts:
-            return
-        if self.chunks and author != self.author:
-            self._reset()
-        self.author, self.branch = author, branch
-        self.chunks.extend(texts)
 
-    def _reset(self) -> None:
-        self.chunks.clear()
-        self.author = self.branch = None
+def _parts(event: Event) -> list[types.Part]:
+    return list(event.content.parts or []) if event.content is not None else []
 
 
 _streams: weakref.WeakKeyDictionary[RunEntry, StreamedText] = weakref.WeakKeyDictionary()
@@ -155,7 +177,7 @@ def _wanted(entry: RunEntry) -> StreamedText | None:
     order = entry.cancel_order
     if stream is None or stream.written or order is None or order.action != "interrupt":
         return None
-    return stream if stream.text else None
+    return stream if stream.kept()[0] else None
 
 
 def kept_event(entry: RunEntry, stream: StreamedText, before: Event | None = None) -> Event:
@@ -164,13 +186,14 @@ def kept_event(entry: RunEntry, stream: StreamedText, before: Event | None = Non
     assert order is not None and entry.invocation_id is not None
     ic = entry.invocation_context
     fallback = getattr(getattr(ic, "agent", None), "name", None) or "model"
+    text, author, branch = stream.kept()
     # Database stores read events back in timestamp order, and ADK created its seal before
     # this one: dated a microsecond before the seal, it reads back where it was written.
     event = Event(
         invocation_id=entry.invocation_id,
-        author=stream.author or fallback,
-        branch=stream.branch,
-        content=types.Content(role="model", parts=[types.Part(text=stream.text)]),
+        author=author or fallback,
+        branch=branch,
+        content=types.Content(role="model", parts=[types.Part(text=text)]),
         interrupted=True,
         custom_metadata={
             METADATA_KEY: {
