@@ -5,6 +5,8 @@ each route, on a memory and a SQLite store; and what the answer says when it can
 
 from __future__ import annotations
 
+import json
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from click.testing import CliRunner
 from google.adk.cli.service_registry import get_service_registry
 from google.adk.errors import StaleSessionError
 from google.adk.sessions.sqlite_session_service import SqliteSessionService
-from support import TEST_AGENTS, build_app, serve, session_path
+from support import TEST_AGENTS, build_app, serve, session_path, wait_until
 from turns import (
     ROUTES,
     Server,
@@ -213,3 +215,44 @@ async def test_a_rewind_that_fails_leaves_the_turn_interrupted_and_sealed(
     assert_well_formed(events)
     assert [e.error_code for e in events] == [None, None, "INVOCATION_ABORTED"]
     assert (await (await start(http, server.url, "run", sid, "quick")).finished()).status == 200
+
+
+def test_rollback_without_adks_web_server_uses_a_runner_of_the_runs_own(
+    observed: list[Any],
+) -> None:
+    """An app adk-cancel cannot find ADK's web server in (the middleware added by hand, the
+    plugin through ``extra_plugins``): the rewind runs on a runner of the run's own agent and
+    services. Triggered by a busy policy, as no :cancel route is installed."""
+    from fastapi.testclient import TestClient
+    from google.adk.cli.fast_api import get_fast_api_app
+    from support import memory_services, run_body
+
+    import adk_cancel
+
+    app = get_fast_api_app(
+        agents_dir=str(TEST_AGENTS), extra_plugins=[adk_cancel.PLUGIN_PATH], **memory_services()
+    )
+    registry = adk_cancel.RunRegistry(adk_cancel.CancelOptions(on_busy="rollback"))
+    app.add_middleware(adk_cancel.CancelMiddleware, registry=registry)
+    with TestClient(app) as client:
+        path = "/apps/recording_agent/users/u/sessions"
+        sid = client.post(path, json={"state": {"topic": "cats"}}).json()["id"]
+        thread = threading.Thread(
+            target=lambda: client.post(
+                "/run", json=run_body(sid, "tool 30", app="recording_agent")
+            ),
+            daemon=True,
+        )
+        thread.start()
+        wait_until(lambda: any(o["event"] == "tool_started" for o in observed))
+        answer = client.post("/run", json=run_body(sid, "quick", app="recording_agent"))
+        assert answer.status_code == 200, answer.text
+        [replaced] = json.loads(answer.headers["x-adk-replaced"])
+        assert replaced["rolled_back"] is True, replaced
+        thread.join(5)
+        session = client.get(f"{path}/{sid}").json()
+        rewinds = [e for e in session["events"] if e["actions"].get("rewindBeforeInvocationId")]
+        assert [r["actions"]["rewindBeforeInvocationId"] for r in rewinds] == [
+            replaced["invocation_id"]
+        ]
+        assert session["state"]["topic"] == "cats"
