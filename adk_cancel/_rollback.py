@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from google.adk.agents.invocation_context import InvocationContext
     from google.adk.runners import Runner
     from google.adk.sessions.base_session_service import BaseSessionService
+    from google.adk.sessions.session import Session
 
 logger = logging.getLogger("adk_cancel")
 
@@ -126,35 +127,35 @@ async def roll_back(entry: RunEntry, get_runner: GetRunner | None) -> None:
         runner = await _runner(entry, get_runner)
     except Exception as exc:
         last_error = exc
-    for delay in RETRY_DELAYS_S if runner is not None else ():
+    nothing = f"{NOTHING}: the session holds no event of invocation {invocation_id}"
+    for attempt, delay in enumerate(RETRY_DELAYS_S if runner is not None else ()):
         await anyio.sleep(delay)
         try:
-            session = await service.get_session(
-                app_name=key.app_name, user_id=key.user_id, session_id=key.session_id
-            )
-            if session is None:
-                not_rolled_back(entry, "the session was deleted meanwhile")
-                return
-            where = _where(session.events, invocation_id)
+            assert runner is not None
+            where = "pending"
+            if attempt:  # the last attempt may have rewound before it failed: read first
+                session = await _read(service, entry)
+                where = _where(session.events, invocation_id) if session is not None else ""
             if where == "absent":
-                not_rolled_back(
-                    entry, f"{NOTHING}: the session holds no event of invocation {invocation_id}"
-                )
+                not_rolled_back(entry, nothing)
                 return
-            if where == "pending" and runner is not None:
+            if where == "pending":
                 await runner.rewind_async(
                     user_id=key.user_id,
                     session_id=key.session_id,
                     rewind_before_invocation_id=invocation_id,
                 )
-                await _undo_unrecorded_artifacts(entry, runner)
-            await _restore_state(service, entry)
+            # One read of the rewound session serves both corrections.
+            after = await _read(service, entry)
+            if after is None:
+                not_rolled_back(entry, "the session was deleted meanwhile")
+                return
+            await _undo_unrecorded_artifacts(entry, runner, after)
+            await _restore_state(service, entry, after)
             entry.rolled_back, entry.rollback_error = True, None
             return
         except InvocationNotFoundError:
-            not_rolled_back(
-                entry, f"{NOTHING}: the session holds no event of invocation {invocation_id}"
-            )
+            not_rolled_back(entry, nothing)
             return
         except Exception as exc:
             last_error = exc
@@ -170,11 +171,18 @@ async def roll_back(entry: RunEntry, get_runner: GetRunner | None) -> None:
     )
 
 
-async def _undo_unrecorded_artifacts(entry: RunEntry, runner: Runner) -> None:
-    """Undo the artifact versions the run saved that no event recorded."""
+async def _read(service: BaseSessionService, entry: RunEntry) -> Session | None:
+    key = entry.key
+    return await service.get_session(
+        app_name=key.app_name, user_id=key.user_id, session_id=key.session_id
+    )
+
+
+async def _undo_unrecorded_artifacts(entry: RunEntry, runner: Runner, session: Session) -> None:
+    """Undo the artifact versions the run saved that no event of the rewound ``session``
+    records (ADK's rewind event records the versions it restored)."""
     artifacts = runner.artifact_service
-    service = entry.session_service
-    if artifacts is None or service is None:
+    if artifacts is None:
         return
     key = entry.key
     scope: dict[str, Any] = {
@@ -182,11 +190,6 @@ async def _undo_unrecorded_artifacts(entry: RunEntry, runner: Runner) -> None:
         "user_id": key.user_id,
         "session_id": key.session_id,
     }
-    session = await service.get_session(
-        app_name=key.app_name, user_id=key.user_id, session_id=key.session_id
-    )
-    if session is None:
-        return
     recorded = {
         (name, version)
         for e in session.events
@@ -211,16 +214,10 @@ async def _undo_unrecorded_artifacts(entry: RunEntry, runner: Runner) -> None:
             await artifacts.save_artifact(filename=name, artifact=content, **scope)
 
 
-async def _restore_state(service: BaseSessionService, entry: RunEntry) -> None:
+async def _restore_state(service: BaseSessionService, entry: RunEntry, session: Session) -> None:
     """Write back the session state the rewind got wrong (ADK #4933)."""
     before = _state_before.get(entry)
     if not before:
-        return
-    key = entry.key
-    session = await service.get_session(
-        app_name=key.app_name, user_id=key.user_id, session_id=key.session_id
-    )
-    if session is None:
         return
     fix = {k: v for k, v in before.items() if session.state.get(k) != v}
     if not fix:

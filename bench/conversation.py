@@ -1,7 +1,7 @@
 """Conversation control: how long a new message waits when it interrupts a running answer,
 and what rolling the interrupted turn back adds.
 
-Run: .venv/bin/python bench/conversation.py [--trials 60] [--history 200]
+Run: .venv/bin/python bench/conversation.py [--trials 60] [--history 200] [--parts 1,2,3]
 
 1. One worker (this process, real uvicorn, memory sessions). Each trial starts an answer of
    the slow sample agent on /run_sse, waits until three of its words have streamed, then
@@ -168,18 +168,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=60)
     parser.add_argument("--history", type=int, default=200)
+    parser.add_argument("--parts", default="1,2,3", help="which of the three to run")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
     logging.getLogger("google_adk").setLevel(logging.ERROR)
-    import adk_cancel
 
     samples = str(ROOT / "samples")
+    if "1" in parts:
+        one_worker(samples, args.trials)
+    if "2" in parts:
+        across_workers(samples, args.trials)
+    if "3" in parts:
+        rollback_over_interrupt(samples, args.trials, args.history)
+
+
+def one_worker(samples: str, trials: int) -> None:
+    import adk_cancel
+
     app = adk_cancel.get_fast_api_app(
         agents_dir=samples, session_service_uri="memory://", **SERVICES
     )
     with serve(app) as url:
-        one = asyncio.run(interrupt_trials(url, url, args.trials))
+        one = asyncio.run(interrupt_trials(url, url, trials))
     report("One worker (memory sessions)", one, 30.0)
 
+
+def across_workers(samples: str, trials: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         redis = RedisServer(free_port(), work).start()
@@ -195,12 +209,16 @@ def main() -> None:
             for worker in workers:
                 worker.wait_ready()
             a, b = workers
-            across = asyncio.run(interrupt_trials(a.url, b.url, args.trials))
+            across = asyncio.run(interrupt_trials(a.url, b.url, trials))
         finally:
             for worker in workers:
                 worker.stop()
             redis.stop()
     report("Across workers (Redis, SQLite sessions): answer on A, new message to B", across, 50.0)
+
+
+def rollback_over_interrupt(samples: str, trials: int, history: int) -> None:
+    import adk_cancel
 
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "sessions.db"
@@ -208,10 +226,10 @@ def main() -> None:
             agents_dir=samples, session_service_uri=f"sqlite:///{db}", **SERVICES
         )
         with serve(app) as url:
-            cost = asyncio.run(rollback_cost(url, db, args.trials, args.history))
+            cost = asyncio.run(rollback_cost(url, db, trials, history))
     print(
-        f"\nRollback vs interrupt, SQLite sessions of {args.history} events, one worker: time "
-        f"from the new message to its first event, {args.trials} trials each, ms"
+        f"\nRollback vs interrupt, SQLite sessions of {history} events, one worker: time "
+        f"from the new message to its first event, {trials} trials each, ms"
     )
     print(f"{'':<12}{'p50':>8}{'p99':>8}")
     for policy in ("interrupt", "rollback"):
