@@ -65,7 +65,11 @@ class CancelPlugin(BasePlugin):
         # Every event of the run passes here before ADK stores it, its abort seal included:
         # the text the run had streamed is kept just before the seal (see _partial.py).
         entry = current_run.get()
-        if entry is not None and entry.invocation_context is invocation_context:
+        if (
+            entry is not None
+            and entry.invocation_context is invocation_context
+            and (entry.route == "run" or event.error_code is not None)
+        ):
             await on_run_event(entry, invocation_context, event)
         return None
 
