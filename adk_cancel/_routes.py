@@ -15,6 +15,7 @@ from ._models import (
     CancelledRun,
     CancelRequest,
     CancelResponse,
+    CancelScope,
     RemainingRun,
     RunInfo,
     RunsResponse,
@@ -160,6 +161,23 @@ class _Route(APIRoute):
         return guarded
 
 
+def _order(
+    request: CancelRequest, registry: RunRegistry, key: SessionKey, scope: CancelScope = "session"
+) -> CancelOrder:
+    """The order a validated cancel body gives, for a session or (``scope="user"``, a key
+    with no session) every session of a user."""
+    return CancelOrder(
+        key=key,
+        reason=request.reason or DEFAULT_REASON,
+        invocation_id=request.invocation_id,
+        run_id=request.run_id,
+        wait=request.wait,
+        timeout_s=request.timeout_s or registry.default_timeout_s(),
+        action=request.action,
+        scope=scope,
+    )
+
+
 def build_router(registry: RunRegistry) -> APIRouter:
     router = APIRouter(tags=["adk-cancel"], route_class=_Route)
 
@@ -177,15 +195,7 @@ def build_router(registry: RunRegistry) -> APIRouter:
     ) -> JSONResponse:
         request = body or CancelRequest()
         key = SessionKey(app_name, user_id, session_id)
-        order = CancelOrder(
-            key=key,
-            reason=request.reason or DEFAULT_REASON,
-            invocation_id=request.invocation_id,
-            run_id=request.run_id,
-            wait=request.wait,
-            timeout_s=request.timeout_s or registry.default_timeout_s(),
-            action=request.action,
-        )
+        order = _order(request, registry, key)
         runs, error = await registry.cancel_everywhere(order)
         if not runs:
             raise _unavailable(error) if error is not None else _no_run(key)
@@ -221,16 +231,7 @@ def build_router(registry: RunRegistry) -> APIRouter:
         body: Annotated[CancelRequest | None, Body()] = None,
     ) -> JSONResponse:
         request = body or CancelRequest()
-        order = CancelOrder.for_user(
-            app_name,
-            user_id,
-            request.reason or DEFAULT_REASON,
-            invocation_id=request.invocation_id,
-            run_id=request.run_id,
-            wait=request.wait,
-            timeout_s=request.timeout_s or registry.default_timeout_s(),
-            action=request.action,
-        )
+        order = _order(request, registry, SessionKey(app_name, user_id, ""), scope="user")
         runs, error = await registry.cancel_everywhere(order)
         if not runs:
             if error is not None:

@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 import pytest
-from support import TEST_AGENTS, build_app, serve
 from turns import (
     Server,
     assert_well_formed,
@@ -23,6 +22,7 @@ from turns import (
     prompts,
     runs,
     said,
+    serve_app,
     start,
     stored,
     until,
@@ -33,14 +33,6 @@ pytestmark = pytest.mark.timeout(90)
 
 # (the active run's route, the new run's route): each route is both once.
 PAIRS = [("run_sse", "run"), ("run_live", "run_sse"), ("run", "run_live")]
-
-
-def serve_app(tmp: Path, store: str, **options: Any) -> Iterator[Server]:
-    db = tmp / "sessions.db" if store == "sqlite" else None
-    extra = {"session_service_uri": f"sqlite:///{db}"} if db else {}
-    app = build_app(str(TEST_AGENTS), **extra, **options)
-    with serve(app) as url:
-        yield Server(url, app, db)
 
 
 @pytest.fixture(scope="module", params=["memory", "sqlite"])

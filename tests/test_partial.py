@@ -10,7 +10,6 @@ from typing import Any
 
 import httpx
 import pytest
-from support import TEST_AGENTS, build_app, serve
 from turns import (
     Server,
     assert_well_formed,
@@ -20,20 +19,13 @@ from turns import (
     noted,
     prompts,
     said,
+    serve_app,
     start,
     stored,
     until,
 )
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def serve_app(tmp: Path, store: str, **options: Any) -> Iterator[Server]:
-    db = tmp / "sessions.db" if store == "sqlite" else None
-    extra = {"session_service_uri": f"sqlite:///{db}"} if db else {}
-    app = build_app(str(TEST_AGENTS), **extra, **options)
-    with serve(app) as url:
-        yield Server(url, app, db)
 
 
 @pytest.fixture(scope="module", params=["memory", "sqlite"])

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from google.adk.cli.service_registry import get_service_registry
 from google.adk.errors import StaleSessionError
 from google.adk.sessions.sqlite_session_service import SqliteSessionService
-from support import TEST_AGENTS, build_app, serve, session_path, wait_until
+from support import TEST_AGENTS, session_path, wait_until
 from turns import (
     ROUTES,
     Server,
@@ -29,6 +29,7 @@ from turns import (
     prompts,
     runs,
     said,
+    serve_app,
     session,
     start,
     stored,
@@ -39,14 +40,6 @@ from turns import (
 from adk_cancel.cli import main as cli
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def serve_app(tmp: Path, store: str, **options: Any) -> Iterator[Server]:
-    db = tmp / "sessions.db" if store == "sqlite" else None
-    extra = {"session_service_uri": f"sqlite:///{db}"} if db else {}
-    app = build_app(str(TEST_AGENTS), **{**extra, **options})
-    with serve(app) as url:
-        yield Server(url, app, db)
 
 
 @pytest.fixture(scope="module", params=["memory", "sqlite"])

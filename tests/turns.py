@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ import websockets
 from google.adk.events.event import Event
 from google.adk.sessions.sqlite_session_service import SqliteSessionService
 from observations import OBSERVED
-from support import run_body, session_path
+from support import TEST_AGENTS, build_app, run_body, serve, session_path
 
 from adk_cancel.testing import unanswered_calls
 
@@ -35,6 +35,16 @@ class Server:
     @property
     def store(self) -> str:
         return "sqlite" if self.db else "memory"
+
+
+def serve_app(tmp: Path, store: str, **options: Any) -> Iterator[Server]:
+    """Serve the test agents on a ``memory`` or ``sqlite`` session store (a file in ``tmp``);
+    ``options`` go to ``build_app`` and win over the store's."""
+    db = tmp / "sessions.db" if store == "sqlite" else None
+    extra = {"session_service_uri": f"sqlite:///{db}"} if db else {}
+    app = build_app(str(TEST_AGENTS), **{**extra, **options})
+    with serve(app) as url:
+        yield Server(url, app, db)
 
 
 @dataclass
