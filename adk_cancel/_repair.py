@@ -29,8 +29,9 @@ logger = logging.getLogger("adk_cancel")
 
 ABORTED_CODE = "INVOCATION_ABORTED"
 RETRY_DELAYS_S = (0.0, 0.02, 0.05, 0.1, 0.2, 0.4)
-"""Pauses before each read-and-repair attempt: a stale write usually succeeds at once on a
-fresh read; the later pauses let a concurrent writer on the same session finish."""
+"""Pauses before each read-and-repair attempt after a refused one: a stale write usually
+succeeds at once on a fresh read; the later pauses let a concurrent writer on the same session
+finish. The read that checks a successful write comes at once."""
 
 
 class RepairFailed(RuntimeError):
@@ -96,8 +97,11 @@ async def repair_session(
     message = f"Run cancelled by adk-cancel: {reason}"
     wrote = 0
     last_error: Exception | None = None
+    pause = False
     for delay in RETRY_DELAYS_S:
-        await anyio.sleep(delay)
+        if pause:
+            await anyio.sleep(delay)
+        pause = True
         try:
             session = await session_service.get_session(
                 app_name=key.app_name, user_id=key.user_id, session_id=key.session_id
@@ -117,6 +121,7 @@ async def repair_session(
             for event in _seal_events(grouped, message):
                 await session_service.append_event(session, event)
                 wrote += len(event.get_function_responses())
+            pause = False  # written: read it back at once (the pauses are for a refusal)
         except Exception as exc:
             # StaleSessionError and its kind: read the session afresh and try again.
             last_error = exc
