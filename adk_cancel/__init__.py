@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from ._install import PLUGIN_PATH, get_fast_api_app, install
     from ._middleware import CancelMiddleware
     from ._models import (
+        BusyResponse,
         CancelledRun,
         CancelRequest,
         CancelResponse,
@@ -39,6 +40,7 @@ __all__ = [
     "CANCEL_PLUGIN",
     "PLUGIN_PATH",
     "WS_CLOSE_CANCELLED",
+    "BusyResponse",
     "CancelMiddleware",
     "CancelOptions",
     "CancelOrder",
@@ -70,6 +72,7 @@ _HOME = {
     "install": "._install",
     "WS_CLOSE_CANCELLED": "._response",
     "CancelMiddleware": "._middleware",
+    "BusyResponse": "._models",
     "CancelledRun": "._models",
     "CancelRequest": "._models",
     "CancelResponse": "._models",

@@ -65,8 +65,14 @@ def _install(app: FastAPI, settings: CancelOptions) -> RunRegistry:
             server.runners_to_clean.update(server.runner_dict)
         default_app = getattr(server, "default_app_name", None) or default_app
     registry.plugin_installed = server is not None
+    get_runner = getattr(server, "get_runner_async", None) if server is not None else None
     try:
-        app.add_middleware(CancelMiddleware, registry=registry, default_app_name=default_app)
+        app.add_middleware(
+            CancelMiddleware,
+            registry=registry,
+            default_app_name=default_app,
+            get_runner=get_runner,
+        )
     except RuntimeError as exc:
         raise RuntimeError(
             "adk_cancel.install() must run before the app starts serving requests"

@@ -54,7 +54,7 @@ sees the gauge fall rather than a series that stops."""
 def _observe_active(options: CallbackOptions) -> Iterable[Observation]:
     counts: Counter[tuple[str, str, str]] = Counter()
     for registry in list(_registries):
-        for entry in registry.entries_here():
+        for entry in registry.all_entries_here():
             counts[(entry.key.app_name, entry.route, entry.info().status)] += 1
     _seen_active.update(counts)
     return [

@@ -49,11 +49,27 @@ server shutting down; each calls ``RunEntry.request_cancel``.
 |                                             | deadline: a cancel with ``cause="deadline"`` |
 | a deadline vs a ``:cancel`` (or disconnect) | whichever ``request_cancel`` comes first:    |
 |                                             | later orders are no-ops; the record says who |
+| a new run vs an active run of its session   | its busy policy (``_busy.py``): allow both;  |
+| (this worker or another)                    | reject 409; interrupt/rollback cancel it     |
+|                                             | (cause busy), wait until it is sealed (and   |
+|                                             | rolled back), then start; enqueue waits      |
+| two new runs of one session at once, on     | the session's lease, taken atomically: one   |
+| any workers (policy other than allow)       | starts; under interrupt the later then       |
+|                                             | replaces it, under enqueue it waits          |
+| a cancel (or the client leaving) vs a       | the cancel: it never starts,                 |
+| queued run                                  | ``stopped_by="queued"``                      |
+| a run's answer completing vs a newer run's  | the answer: the run is marked ended before   |
+| interrupt                                   | its session is given back, before the last   |
+|                                             | byte, so the interrupt finds it finished     |
+| ADK's seal vs the words the run streamed    | the words: stored just before the seal (the  |
+|                                             | plugin sees the seal first; ``_partial.py``) |
+| the next run vs a rollback                  | the rollback: the session is given back only |
+|                                             | after it (and after the repair)              |
 
 The cancel route answers (``wait=true``) when ``RunEntry.finished`` is set: after the run's
-task ended, the session was read back and repaired and the response was finished, so the
-next turn on the session sees a well-formed history. Registry clean-up is in ``finally``
-(ADK skips ``after_run_callback`` on a cancelled task).
+task ended, the session was read back and repaired (and, with ``action="rollback"``, rewound)
+and the response was finished, so the next turn on the session sees a well-formed history.
+Registry clean-up is in ``finally`` (ADK skips ``after_run_callback`` on a cancelled task).
 """
 
 from __future__ import annotations
@@ -72,13 +88,16 @@ import anyio
 if sys.version_info < (3, 11):
     pass
 
-from . import _deadline, _metrics
+from . import _deadline, _metrics, _partial
+from ._busy import Refusal, SessionGate, policy_from
 from ._deadline import BadDeadline, Deadlines
-from ._models import Route, SessionKey, is_unicode_text
+from ._early_accept import EarlyAccept
+from ._models import OnBusy, Route, SessionKey, is_unicode_text
 from ._order import CancelOrder
 from ._registry import RunEntry, RunRegistry, current_run
 from ._repair import RepairFailed, repair_session
 from ._response import Response, json_response
+from ._rollback import GetRunner, not_rolled_back, roll_back
 from ._run_output import RunOutput, disconnect_policy
 
 logger = logging.getLogger("adk_cancel")
@@ -192,11 +211,18 @@ class CancelMiddleware:
     """Pure ASGI middleware; every other scope passes straight through."""
 
     def __init__(
-        self, app: ASGIApp, registry: RunRegistry, default_app_name: str | None = None
+        self,
+        app: ASGIApp,
+        registry: RunRegistry,
+        default_app_name: str | None = None,
+        get_runner: GetRunner | None = None,
     ) -> None:
         self.app = app
         self.registry = registry
         self.default_app_name = default_app_name
+        self.get_runner = get_runner
+        """The app's runner by name, for rollbacks (ADK's web server has it)."""
+        self.gate = SessionGate(registry)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = _route_of(scope)
@@ -234,6 +260,7 @@ class CancelMiddleware:
             raise AssertionError("unreachable")
 
         deadlines = Deadlines()
+        on_busy: OnBusy | None = None
         try:
             key = _key_from_body(body, self.default_app_name)
             if key is not None and not self.registry.accepting:
@@ -244,6 +271,7 @@ class CancelMiddleware:
                 raise _Refused(422, str(bad_header)) from bad_header
             if key is not None:
                 deadlines = self._deadlines(scope)
+                on_busy = self._policy(scope)
         except _Refused as refused:
             extra = [(b"connection", b"close")] if refused.status == 503 else []
             for reply in json_response(refused.status, {"detail": refused.detail}, *extra):
@@ -260,10 +288,25 @@ class CancelMiddleware:
             return
 
         await self.registry.start()
-        entry = self.registry.register(key, route)
+        entry = self.registry.register(key, route, on_busy)
+        _partial.watch(entry)
         output = RunOutput.open(entry, send, policy)
-        response = Response(entry, output.send)
+        # The gate sees the app's own bytes (before any run log): the answer's last byte is
+        # when the run ended on its own.
+        response = Response(entry, self.gate.http_send(entry, output.send))
         app_done = False
+
+        async def call_app() -> None:
+            try:
+                admitted = await self.gate.admit(entry)
+            except Refusal as refusal:
+                self._close(entry)  # refused: gone from listings before its client knows
+                payload = refusal.body.model_dump(mode="json")
+                for reply in json_response(refusal.status, payload):
+                    await response.send(reply)
+                return
+            if admitted:
+                await self.app(scope, replay, response.send)
 
         async def listen() -> None:
             try:
@@ -283,13 +326,7 @@ class CancelMiddleware:
                 entry.request_cancel(_left(entry))
 
         try:
-            await self._run(
-                entry,
-                route,
-                lambda: self.app(scope, replay, response.send),
-                output.with_forwarder(listen),
-                deadlines,
-            )
+            await self._run(entry, route, call_app, output.with_forwarder(listen), deadlines)
         except Exception as exc:
             await response.fail_http(exc)
             raise
@@ -301,6 +338,7 @@ class CancelMiddleware:
         except OSError:
             logger.debug("Client gone while finishing cancelled run %s", entry.run_id)
         finally:
+            await self.gate.release(entry)
             self._close(entry)
         # The run is over (and unlisted); its client may still be reading the end of it.
         await output.flush()
@@ -329,10 +367,17 @@ class CancelMiddleware:
                 }
             )
             return
+        try:
+            on_busy = self._policy(scope, live=True)
+        except _Refused as refused:
+            await EarlyAccept.deny(scope, send, refused.status, {"detail": refused.detail})
+            return
 
         await self.registry.start()
-        entry = self.registry.register(SessionKey(app, user, session), "run_live")
-        response = Response(entry, send)
+        entry = self.registry.register(SessionKey(app, user, session), "run_live", on_busy)
+        _partial.watch(entry)
+        early = EarlyAccept(entry, scope, receive, send)
+        response = Response(entry, early.send)
         app_done = False
         # ADK's live handler reads and sends from tasks of its own, which it leaves behind
         # when it is cancelled: the tasks that touch the socket, and the run's producer, are
@@ -345,7 +390,7 @@ class CancelMiddleware:
 
         async def watch_receive() -> Message:
             note_task()
-            message = await receive()
+            message = await early.receive()
             _deadline.note_event(entry)  # the client speaking: the live run is not idle
             if message["type"] == "websocket.disconnect":
                 entry.disconnected = True
@@ -357,9 +402,17 @@ class CancelMiddleware:
             note_task()
             await response.send(message)
 
-        await self._run(
-            entry, "run_live", lambda: self.app(scope, watch_receive, watch_send), None, deadlines
-        )
+        async def call_app() -> None:
+            try:
+                admitted = await self.gate.admit(entry, on_wait=early.accept)
+            except Refusal as refusal:
+                self._close(entry)
+                await early.refuse(refusal.status, refusal.body.model_dump(mode="json"))
+                return
+            if admitted:
+                await self.app(scope, watch_receive, watch_send)
+
+        await self._run(entry, "run_live", call_app, early.listen, deadlines)
         app_done = True
         try:
             producer = {entry.producer} if entry.producer is not None else set()
@@ -370,6 +423,7 @@ class CancelMiddleware:
         except OSError:
             logger.debug("Client gone while closing cancelled live run %s", entry.run_id)
         finally:
+            await self.gate.release(entry)
             self._close(entry)
 
     # -- shared ----------------------------------------------------------------------------
@@ -379,6 +433,14 @@ class CancelMiddleware:
             return _deadline.deadlines_for(scope.get("headers") or [], self.registry.options)
         except BadDeadline as exc:
             raise _Refused(422, str(exc)) from exc
+
+    def _policy(self, scope: Scope, live: bool = False) -> OnBusy:
+        """The run's busy policy: header, query parameter (live), or the server's."""
+        query = scope.get("query_string", b"") if live else None
+        try:
+            return policy_from(scope.get("headers", []), query, self.registry.options.on_busy)
+        except ValueError as exc:
+            raise _Refused(400, str(exc)) from exc
 
     async def _run(
         self,
@@ -434,6 +496,7 @@ class CancelMiddleware:
                         entry.stop_ms = round((time.monotonic() - entry.cancel_mono) * 1000, 3)
                     tg.cancel_scope.cancel()
         except BaseException:
+            await self.gate.release(entry)
             self._close(entry)
             raise
         finally:
@@ -442,6 +505,8 @@ class CancelMiddleware:
     async def _watch(self, entry: RunEntry, app_scope: anyio.CancelScope) -> None:
         await entry.cancel_requested.wait()
         _metrics.cancel_requested(entry)
+        if entry.queued:
+            return  # it never started: the gate stops waiting for it, and that is all
         # /run_live has no abort checks, and without the plugin there is no abort handle.
         abortable = entry.route != "run_live" and self.registry.plugin_installed
         if abortable:
@@ -476,6 +541,10 @@ class CancelMiddleware:
         and answer any function call the run left open."""
         if entry.cancel_reason is None:
             return
+        if entry.queued:
+            entry.stopped_by = "queued"
+            not_rolled_back(entry, "nothing to roll back: the run was still queued")
+            return
         ic = entry.invocation_context
         if ic is None and not (entry.forced or entry.failed):
             entry.stopped_by = "finished"  # ADK ended the request before starting a run
@@ -490,17 +559,20 @@ class CancelMiddleware:
                         producer.cancel()
                     await asyncio.wait([producer], timeout=FORCE_RETRY_S)
         if entry.session_service is None or not entry.invocation_id:
+            not_rolled_back(entry, "nothing to roll back: the run was stopped before it started")
             return
         if entry.writes is not None:
             # A write the cancel interrupted still ends (see _writes.py): read after it.
             with anyio.move_on_after(DRAIN_S):
                 await entry.writes.settled(entry.key.session_id)
+        await _partial.keep(entry)  # the streamed text, where ADK's seal did not carry it in
         try:
             entry.repaired = await repair_session(
                 entry.session_service, entry.key, entry.invocation_id, entry.cancel_reason
             )
         except RepairFailed as exc:
             logger.error("%s: %s", exc, exc.__cause__)
+        await roll_back(entry, self.get_runner)
 
     def _close(self, entry: RunEntry) -> None:
         if not entry.finished.is_set():

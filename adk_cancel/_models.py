@@ -32,10 +32,14 @@ DisconnectPolicy = Literal["cancel", "continue"]
 """What a run's client leaving does: cancel the run (ADK's behaviour), or let it go on, its
 events kept so that any client can rejoin its stream."""
 
-StoppedBy = Literal["abort", "force", "finished", "error"]
+OnBusy = Literal["allow", "reject", "interrupt", "rollback", "enqueue"]
+"""What a new run does when its session already has an active run (see ``_busy.py``)."""
+
+StoppedBy = Literal["abort", "force", "finished", "error", "queued"]
 """How a run ended after a cancel: ADK's cooperative abort, a forced task cancel, it
-finished on its own before the cancel took hold, or it raised on its way out (logged; the
-session was repaired and the client got a cancelled answer)."""
+finished on its own before the cancel took hold, it raised on its way out (logged; the
+session was repaired and the client got a cancelled answer), or it was still queued behind
+another run of its session (it never started)."""
 
 
 class SessionKey(NamedTuple):
@@ -54,6 +58,12 @@ class CancelRequest(BaseModel):
     invocation_id: str | None = Field(
         default=None, min_length=1, description="Cancel only this invocation of the session."
     )
+    run_id: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Cancel only this run, as GET .../runs lists it (a queued run has no "
+        "invocation id yet).",
+    )
     reason: str | None = Field(
         default=None, max_length=500, description="Shown to the run's client and logged."
     )
@@ -68,6 +78,12 @@ class CancelRequest(BaseModel):
         le=300,
         allow_inf_nan=False,
         description="With wait=true, answer after this long even if a run has not stopped.",
+    )
+    action: CancelAction = Field(
+        default="interrupt",
+        description="interrupt: the session keeps the stopped turn, sealed, with the text "
+        "streamed so far; rollback: the session is rewound to before the turn's message "
+        "(events the model sees, state, artifacts).",
     )
 
 
@@ -123,6 +139,11 @@ class RunInfo(BaseModel):
     )
     rollback_error: str | None = None
     error: str | None = Field(default=None, description="Why a failed run failed.")
+    on_busy: OnBusy | None = Field(
+        default=None,
+        description="The busy policy the run was admitted under; under any but allow it is "
+        "the only run of its session while it runs.",
+    )
 
 
 class CancelledRun(BaseModel):
@@ -142,6 +163,16 @@ class CancelledRun(BaseModel):
         default=False,
         description="True when adk-cancel answered function calls the run left open (a "
         "forced or live run, or ADK's own seal missing from the stored session).",
+    )
+    rolled_back: bool | None = Field(
+        default=None,
+        description="With action=rollback: whether the session was rewound to before the "
+        "run's message (null: no rollback was asked).",
+    )
+    rollback_error: str | None = Field(
+        default=None,
+        description="Why it was not rolled back (nothing to roll back, or the rewind "
+        "failed: the session is then left interrupted and well-formed).",
     )
 
 
@@ -193,6 +224,15 @@ class UserCancelResponse(BaseModel):
     unreachable: str | None = _UNREACHABLE
     remaining_active: list[RemainingRun] = Field(default_factory=list, description=_REMAINING_HELP)
     warning: str | None = _WARNING
+
+
+class BusyResponse(BaseModel):
+    """A run refused by its session's busy policy: 409 (``reject``) or 429 (the queue of
+    ``enqueue`` is full)."""
+
+    detail: str
+    on_busy: OnBusy
+    runs: list[RunInfo] = Field(description="The session's active and queued runs.")
 
 
 class RunsResponse(BaseModel):

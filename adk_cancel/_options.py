@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
-from ._models import DisconnectPolicy
+from ._models import DisconnectPolicy, OnBusy
 from .backends import check_backend_url
 
 if TYPE_CHECKING:
@@ -158,6 +158,26 @@ class CancelOptions:
             "pip install 'adk-cancel[prometheus]')."
         },
     )
+    on_busy: OnBusy = field(
+        default="allow",
+        metadata={
+            "help": "What a run does when its session already has one, on any worker: allow "
+            "(run both, as ADK does), reject (409), interrupt (cancel it, then start), "
+            "rollback (cancel it and undo its turn, then start), enqueue (wait for it). "
+            "Per request: the X-ADK-On-Busy header (/run_live: also ?on_busy=)."
+        },
+    )
+    max_queued: int = field(
+        default=10,
+        metadata={"help": "With enqueue: runs that may wait per session (more: 429)."},
+    )
+    keep_partial: bool = field(
+        default=True,
+        metadata={
+            "help": "After an interrupt, store the text the run had streamed to its client "
+            "as an interrupted model event, so a reload shows it and the model knows it."
+        },
+    )
 
     def __post_init__(self) -> None:
         _seconds("cancel_grace_s", self.cancel_grace_s)
@@ -192,6 +212,14 @@ class CancelOptions:
                 "run_records_per_session must be a whole number >= 0, got "
                 f"{self.run_records_per_session!r}"
             )
+        if self.on_busy not in get_args(OnBusy):
+            raise ValueError(
+                f"on_busy must be one of {', '.join(get_args(OnBusy))}, got {self.on_busy!r}"
+            )
+        if isinstance(self.max_queued, bool) or not isinstance(self.max_queued, int):
+            raise ValueError(f"max_queued must be a whole number >= 1, got {self.max_queued!r}")
+        if self.max_queued < 1:
+            raise ValueError(f"max_queued must be a whole number >= 1, got {self.max_queued!r}")
         if isinstance(self.cancel_backend, str):
             check_backend_url(self.cancel_backend)
 

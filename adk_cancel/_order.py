@@ -39,6 +39,8 @@ class CancelOrder:
     """What the session keeps of the cancelled turn."""
     cause: CancelCause = "request"
     """Who or what cancels: shown in run records and metrics."""
+    run_id: str | None = None
+    """Only this run (as ``/runs`` lists it: a queued run has no invocation id yet)."""
     scope: CancelScope = "session"
     """``session``: the runs of ``key``; ``user``: every run of ``key``'s app and user."""
 
@@ -53,9 +55,11 @@ class CancelOrder:
             return key.app_name == self.key.app_name and key.user_id == self.key.user_id
         return key == self.key
 
-    def matches(self, invocation_id: str | None) -> bool:
-        """Whether a run with this invocation id is one the order is for."""
-        return self.invocation_id is None or self.invocation_id == invocation_id
+    def matches(self, invocation_id: str | None, run_id: str | None = None) -> bool:
+        """Whether a run with this invocation id (and run id) is one the order is for."""
+        return (self.invocation_id is None or self.invocation_id == invocation_id) and (
+            self.run_id is None or self.run_id == run_id
+        )
 
     def to_json(self) -> bytes:
         return _WIRE.dump_json(self)

@@ -10,7 +10,9 @@ from google.adk.plugins.base_plugin import BasePlugin
 from . import _metrics
 from ._abort_source import bind_abort_source
 from ._deadline import note_event
+from ._partial import on_run_event
 from ._registry import current_run
+from ._rollback import remember_state
 
 if TYPE_CHECKING:
     from google.adk.agents.callback_context import CallbackContext
@@ -62,11 +64,18 @@ class CancelPlugin(BasePlugin):
     async def on_event_callback(
         self, *, invocation_context: InvocationContext, event: Event
     ) -> Event | None:
-        # Every event ADK yields for the run, partial text included: the idle deadline's
-        # clock (one clock read, and only for a run that has an idle limit).
+        # Every event ADK yields for the run, partial text included, passes here before ADK
+        # stores it, its abort seal included: the idle deadline's clock (one clock read, and
+        # only for a run that has an idle limit), and the text the run had streamed, kept
+        # just before the seal (see _partial.py).
         entry = current_run.get()
-        if entry is not None:
-            note_event(entry)
+        if entry is None:
+            return None
+        note_event(entry)
+        if entry.invocation_context is invocation_context and (
+            entry.route == "run" or event.error_code is not None
+        ):
+            await on_run_event(entry, invocation_context, event)
         return None
 
     async def on_run_error_callback(
@@ -87,6 +96,7 @@ def _attach(invocation_context: InvocationContext) -> None:
         # ADK's invocation span is current here: a cancel adds its events to it.
         _metrics.invocation_span(entry)
         entry.attach(invocation_context, asyncio.current_task())
+        remember_state(entry, invocation_context)  # before ADK stores the message
 
 
 CANCEL_PLUGIN = CancelPlugin()

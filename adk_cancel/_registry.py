@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from . import _metrics
-from ._models import CancelledRun, DisconnectPolicy, Route, RunInfo, SessionKey, StoppedBy
+from ._models import (
+    CancelledRun,
+    DisconnectPolicy,
+    OnBusy,
+    Route,
+    RunInfo,
+    SessionKey,
+    StoppedBy,
+)
 from ._options import CancelOptions
 from ._order import CancelOrder
 from ._records import RunRecords
@@ -87,9 +95,6 @@ class RunEntry:
     cancel_callbacks: list[Callable[[], None]] = field(default_factory=list)
     """Called once, on the event loop, when the run's cancel is signalled (``adk_cancel.tools``
     hangs tool clean-up here: killing a subprocess, waking a sync tool's wait)."""
-    rolled_back: bool | None = None
-    """A rollback cancel removed the turn (None: no rollback was asked)."""
-    rollback_error: str | None = None
     error: str | None = None
     """Why the run failed (``ErrorType: message``), if it did."""
     http_status: int | None = None
@@ -100,6 +105,16 @@ class RunEntry:
     """When the run last sent an event (kept only while ``idle_watch``)."""
     span: Span | None = None
     """The OpenTelemetry span of the run's ADK invocation, when tracing records one."""
+    on_busy: OnBusy | None = None
+    """The busy policy the run is admitted under (see ``_busy.py``)."""
+    queued: bool = False
+    """Waiting for its session to be free: the app has not been called."""
+    replaced: list[CancelledRun] = field(default_factory=list)
+    """The runs its busy policy cancelled so that it could start."""
+    rolled_back: bool | None = None
+    """With a rollback: whether the session was rewound (None: no rollback asked)."""
+    rollback_error: str | None = None
+    """Why the rollback did not happen."""
 
     @property
     def cancel_reason(self) -> str | None:
@@ -163,9 +178,14 @@ class RunEntry:
             elapsed_ms=round((time.monotonic() - self.started_mono) * 1000, 3),
             worker=self.registry.node_id,
             cancelling=self.cancel_order is not None,
-            status="running" if self.cancel_order is None else "cancelling",
+            status="cancelling"
+            if self.cancel_order is not None
+            else "queued"
+            if self.queued
+            else "running",
             on_disconnect=self.on_disconnect,
             detached=self.detached,
+            on_busy=self.on_busy,
         )
 
     def outcome(self) -> CancelledRun:
@@ -180,6 +200,8 @@ class RunEntry:
             stopped_by=self.stopped_by if done else None,
             stop_ms=self.stop_ms if done else None,
             repaired=self.repaired,
+            rolled_back=self.rolled_back,
+            rollback_error=self.rollback_error,
         )
 
 
@@ -264,7 +286,7 @@ class RunRegistry:
         """Every run of one user in one app that this process holds."""
         return [e.info() for e in self._entries(CancelOrder.for_user(app_name, user_id, ""))]
 
-    def entries_here(self) -> list[RunEntry]:
+    def all_entries_here(self) -> list[RunEntry]:
         """Every run this process holds (metrics count them)."""
         return [e for runs in self._by_key.values() for e in runs.values()]
 
@@ -274,11 +296,16 @@ class RunRegistry:
             runs: list[RunEntry] = list(self._by_key.get(order.key, {}).values())
         else:
             runs = [e for k, rs in self._by_key.items() if order.covers(k) for e in rs.values()]
-        return [e for e in runs if order.matches(e.invocation_id)]
+        return [e for e in runs if order.matches(e.invocation_id, e.run_id)]
 
     async def cancel_here(self, order: CancelOrder) -> list[CancelledRun]:
         """Cancel the order's runs that this process holds."""
-        entries = self._entries(order)
+        entries = [
+            e
+            for e in self._entries(order)
+            # A newer run replacing the active ones leaves the runs waiting beside it alone.
+            if not (order.cause == "busy" and e.queued)
+        ]
         for entry in entries:
             entry.request_cancel(order)
         if order.wait:
@@ -296,8 +323,10 @@ class RunRegistry:
     def default_timeout_s(self) -> float:
         return self.grace_s + WAIT_MARGIN_S
 
-    def register(self, key: SessionKey, route: Route) -> RunEntry:
-        entry = RunEntry(registry=self, key=key, route=route)
+    def register(self, key: SessionKey, route: Route, on_busy: OnBusy | None = None) -> RunEntry:
+        # A run under a busy policy other than allow waits for its session before it starts.
+        queued = on_busy is not None and on_busy != "allow"
+        entry = RunEntry(registry=self, key=key, route=route, on_busy=on_busy, queued=queued)
         self._by_key.setdefault(key, {})[entry.run_id] = entry
         self._idle.clear()
         self.backend.announce(entry.info())
@@ -316,6 +345,10 @@ class RunRegistry:
         if not self._by_key:
             self._idle.set()
         self.backend.withdraw(entry.info())
+
+    def entries_here(self, key: SessionKey) -> list[RunEntry]:
+        """The session's runs that this process holds, as entries."""
+        return list(self._by_key.get(key, {}).values())
 
     def keys_here(self) -> list[SessionKey]:
         """The sessions this process holds runs of."""

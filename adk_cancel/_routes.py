@@ -90,7 +90,7 @@ def _warning(remaining: list[RemainingRun], scope: str, narrow: bool) -> str | N
     if narrow:
         return (
             f"{n} other {runs} of this {scope} {verb} still active (listed in "
-            "remaining_active): cancel without invocation_id to stop every one."
+            "remaining_active): cancel without invocation_id or run_id to stop every one."
         )
     return (
         f"{n} {runs} of this {scope} started while it was being cancelled and {verb} still "
@@ -181,14 +181,16 @@ def build_router(registry: RunRegistry) -> APIRouter:
             key=key,
             reason=request.reason or DEFAULT_REASON,
             invocation_id=request.invocation_id,
+            run_id=request.run_id,
             wait=request.wait,
             timeout_s=request.timeout_s or registry.default_timeout_s(),
+            action=request.action,
         )
         runs, error = await registry.cancel_everywhere(order)
         if not runs:
             raise _unavailable(error) if error is not None else _no_run(key)
         remaining: list[RemainingRun] = []
-        if order.invocation_id is not None:
+        if order.invocation_id is not None or order.run_id is not None:
             # A narrow cancel: say what it left running (this worker's alone if the
             # backend is down; the answer says so in ``unreachable``).
             remaining = _remaining((await registry.runs_everywhere(key))[0], runs)
@@ -224,8 +226,10 @@ def build_router(registry: RunRegistry) -> APIRouter:
             user_id,
             request.reason or DEFAULT_REASON,
             invocation_id=request.invocation_id,
+            run_id=request.run_id,
             wait=request.wait,
             timeout_s=request.timeout_s or registry.default_timeout_s(),
+            action=request.action,
         )
         runs, error = await registry.cancel_everywhere(order)
         if not runs:
@@ -244,7 +248,11 @@ def build_router(registry: RunRegistry) -> APIRouter:
             runs=runs,
             unreachable=None if error is None else _unreachable(error),
             remaining_active=remaining,
-            warning=_warning(remaining, "user", narrow=order.invocation_id is not None),
+            warning=_warning(
+                remaining,
+                "user",
+                narrow=order.invocation_id is not None or order.run_id is not None,
+            ),
         )
         return JSONResponse(
             answer.model_dump(mode="json"), status_code=200 if request.wait else 202

@@ -206,20 +206,38 @@ def _call(method: str, url: str, path: str, **kwargs: Any) -> httpx.Response:
 @main.command("cancel")
 @_with_client_options
 @_with_cancel_options
+@click.option("--run", "run_id", default=None, help="Cancel only this run (as `runs` lists it).")
+@click.option(
+    "--action",
+    type=click.Choice(["interrupt", "rollback"]),
+    default="interrupt",
+    show_default=True,
+    help="interrupt: the session keeps the stopped turn (sealed, with the text streamed so "
+    "far); rollback: the session is rewound to before the turn's message.",
+)
 def cancel_command(
     url: str,
     app_name: str,
     user_id: str,
     session_id: str,
     invocation_id: str | None,
+    run_id: str | None,
     reason: str | None,
     wait: bool,
     timeout_s: float | None,
+    action: str,
 ) -> None:
     """Stop the runs in flight for a session. Exit 0 when cancelled, 1 when none was
     running, 2 on any other error. A cancel naming --invocation prints a warning (stderr)
     when other runs of the session stay active."""
-    body = {"wait": wait, "invocation_id": invocation_id, "reason": reason, "timeout_s": timeout_s}
+    body = {
+        "wait": wait,
+        "action": action,
+        "invocation_id": invocation_id,
+        "run_id": run_id,
+        "reason": reason,
+        "timeout_s": timeout_s,
+    }
     _cancel(url, _session_path(app_name, user_id, session_id) + ":cancel", body, timeout_s)
 
 

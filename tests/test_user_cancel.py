@@ -102,7 +102,7 @@ def test_a_narrow_session_cancel_lists_what_it_left_running(client: TestClient) 
     ]
     assert answer["warning"] == (
         "1 other run of this session is still active (listed in remaining_active): cancel "
-        "without invocation_id to stop every one."
+        "without invocation_id or run_id to stop every one."
     )
     # A cancel of the whole session leaves nothing, and says nothing.
     final = client.post(session_path(sid) + ":cancel").json()

@@ -12,7 +12,16 @@ import importlib.util
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from ._base import BackendUnavailable, CancelBackend, LocalNode, StreamBackend
+from ._base import (
+    BackendUnavailable,
+    CancelBackend,
+    LeaseAnswer,
+    LeaseMode,
+    LocalNode,
+    SessionLeases,
+    StreamBackend,
+)
+from ._leases import LocalLeases
 from .memory import MemoryBackend
 
 if TYPE_CHECKING:
@@ -25,9 +34,13 @@ __all__ = [
     "SUPPORTED_SCHEMES",
     "BackendUnavailable",
     "CancelBackend",
+    "LeaseAnswer",
+    "LeaseMode",
+    "LocalLeases",
     "LocalNode",
     "MemoryBackend",
     "RedisBackend",
+    "SessionLeases",
     "StreamBackend",
     "backend_from_url",
     "check_backend_url",

@@ -12,7 +12,8 @@ run's stream can be rejoined only through the worker that holds it.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
 
 from .._models import CancelledRun, RunInfo, SessionKey
 from .._order import CancelOrder
@@ -101,3 +102,44 @@ class StreamBackend(Protocol):
     async def read_events(
         self, key: SessionKey, run_id: str, after: int, wait_s: float
     ) -> StreamPage | None: ...
+
+
+LeaseMode = Literal["try", "queue", "jump"]
+"""How a run asks for its session: ``try`` takes it only if it is free and nobody is queued;
+``queue`` does the same or keeps (or takes) a place in the session's queue, first come first
+served; ``jump`` takes it as soon as it is free, ahead of the queue."""
+
+
+@dataclass(frozen=True)
+class LeaseAnswer:
+    """The outcome of one ``acquire_lease``."""
+
+    granted: bool
+    """The run holds its session now (it had it already, or took it)."""
+    holder: tuple[str, str] | None = None
+    """When not granted: (node id, run id) of the run holding the session, or of the first
+    one queued for it; None if unknown."""
+    full: bool = False
+    """``queue`` only: the session's queue already has ``max_queued`` runs; not queued."""
+
+
+@runtime_checkable
+class SessionLeases(Protocol):
+    """Optional backend methods: one run at a time per session, across processes.
+
+    A backend without them still serves everything else; the busy policies then decide
+    among this process's runs only. A lease names its holder as (node id, run id); it is
+    released by its holder, and lapses by itself if the holder's process dies (the bound is
+    the backend's to document). ``lease_poll_s`` is how often a waiting run asks again (a
+    release by another process wakes nobody here); None: every release is local.
+    """
+
+    lease_poll_s: float | None
+
+    async def acquire_lease(
+        self, key: SessionKey, node_id: str, run_id: str, mode: LeaseMode, max_queued: int
+    ) -> LeaseAnswer: ...
+
+    async def release_lease(self, key: SessionKey, node_id: str, run_id: str) -> None:
+        """Give the session back, and leave its queue; a no-op for a run holding neither."""
+        ...

@@ -6,12 +6,15 @@ from .._models import CancelledRun, RunInfo, SessionKey
 from .._order import CancelOrder
 from .._stream import StreamPage, StreamWrite
 from ._base import LocalNode
+from ._leases import LocalLeases
 
 
-class MemoryBackend:
-    """The default backend: every run lives in this process, so nothing is remote."""
+class MemoryBackend(LocalLeases):
+    """The default backend: every run lives in this process, so nothing is remote; its
+    session leases are this process's."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.node: LocalNode | None = None
 
     async def connect(self, node: LocalNode) -> None:

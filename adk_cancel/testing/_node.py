@@ -105,7 +105,7 @@ class SimpleNode:
         chosen = [
             r
             for r in self.runs.values()
-            if order.covers(_key(r.info)) and order.matches(r.info.invocation_id)
+            if order.covers(_key(r.info)) and order.matches(r.info.invocation_id, r.info.run_id)
         ]
         for run in chosen:
             if run.cancel_at is None:

@@ -13,8 +13,8 @@
 
 After the tool answers it says "The lookup is done.". Like Gemini, it refuses a history with
 a function call that has no response, so a session that a cancel left broken fails its next
-turn. In live mode (``/run_live``) each user message gets a slowly streamed sentence, then
-(for ``tool S``) the tool call.
+turn. In live mode (``/run_live``) each user message gets a slowly streamed sentence (``words
+N``: N words), then (for ``tool S``) the tool call.
 """
 
 from __future__ import annotations
@@ -151,7 +151,10 @@ class _ScriptedConnection(BaseLlmConnection):
                 continue
             text = " ".join(p.text for p in content.parts or [] if p.text)
             seconds = _number(text, DEFAULT_TOOL_S) if text.startswith("tool") else None
-            for word in "Let me look that up.".split():
+            words = "Let me look that up.".split()
+            if text.startswith("words"):
+                words = [f"word{i}" for i in range(int(_number(text, 20)))]
+            for word in words:
                 await asyncio.sleep(WORD_DELAY_S)
                 yield LlmResponse(
                     content=types.ModelContent(parts=[types.Part(text=word + " ")]),

@@ -24,9 +24,10 @@ from redis.asyncio import Redis
 from ..._models import CancelledRun, RunInfo, SessionKey
 from ..._order import CancelOrder
 from ..._stream import StreamPage, StreamWrite
-from .._base import BackendUnavailable, LocalNode
+from .._base import BackendUnavailable, LeaseAnswer, LeaseMode, LocalNode
 from . import _options
 from ._keys import KeyLayout, show
+from ._lease import LEASE_POLL_S, RedisLeases, stop_task
 from ._link import FAILURES, Link, State, not_connected
 from ._streams import StreamReader
 from ._wire import CancelMessage, ReplyMessage, dump, parse_message, parse_run
@@ -89,6 +90,10 @@ class RedisBackend:
         self._link: Link | None = None
         self._pending: dict[str, _Pending] = {}
         self._reader = StreamReader(self.url, self.display_url, self.keys, self.op_timeout_s)
+        self._leases = RedisLeases(self.keys, self.announce_ttl_s)
+        self._renewal: asyncio.Task[None] | None = None
+
+    lease_poll_s: float | None = LEASE_POLL_S
 
     @property
     def keys(self) -> KeyLayout:
@@ -122,15 +127,24 @@ class RedisBackend:
         except BaseException:
             self._link = None
             raise
+        # Owned here, ended by disconnect(): the session leases this process holds.
+        self._renewal = asyncio.create_task(
+            self._leases.keep(lambda: link.client, (*FAILURES, BackendUnavailable)),
+            name=f"adk-cancel lease renewal {node.node_id}",
+        )
 
     async def disconnect(self) -> None:
         link = self._link
         if link is None:
             return
         self._fail_pending(BackendUnavailable("the cancel backend is shutting down"))
-        await link.stop()
-        await self._reader.close()
-        self._link = None
+        renewal, self._renewal = self._renewal, None
+        try:
+            await stop_task(renewal)
+        finally:
+            await link.stop()
+            await self._reader.close()
+            self._link = None
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -269,7 +283,11 @@ class RedisBackend:
                 n: [r for r in runs if r.invocation_id in (invocation_id, None)]
                 for n, runs in holders.items()
             }
-            holders = {n: runs for n, runs in holders.items() if runs}
+        if order.run_id is not None:
+            holders = {
+                n: [r for r in runs if r.run_id == order.run_id] for n, runs in holders.items()
+            }
+        holders = {n: runs for n, runs in holders.items() if runs}
         if not holders:
             return []
 
@@ -341,9 +359,27 @@ class RedisBackend:
                     stopped=False,
                 )
                 for run in runs
-                if order.matches(run.invocation_id)
+                if order.matches(run.invocation_id, run.run_id)
             )
         return results
+
+    # -- session leases (see _lease.py) -----------------------------------------------------
+
+    async def acquire_lease(
+        self, key: SessionKey, node_id: str, run_id: str, mode: LeaseMode, max_queued: int
+    ) -> LeaseAnswer:
+        link, client = await self._ready()
+        try:
+            return await self._leases.acquire(client, key, node_id, run_id, mode, max_queued)
+        except FAILURES as exc:
+            raise link.error_for(exc) from exc
+
+    async def release_lease(self, key: SessionKey, node_id: str, run_id: str) -> None:
+        link, client = await self._ready()
+        try:
+            await self._leases.release(client, key, node_id, run_id)
+        except FAILURES as exc:
+            raise link.error_for(exc) from exc
 
     def _fail_pending(self, exc: BaseException) -> None:
         for pending in self._pending.values():
