@@ -93,10 +93,17 @@ def settle_client() -> None:
 
 class Pool:
     """The waiting runs this client holds on one server, each a /run_sse stream read by a
-    task of ``tg`` (which ends them all, by disconnecting, when it is cancelled)."""
+    task of ``tg`` (which ends them all, by disconnecting, when it is cancelled).
 
-    def __init__(self, client: httpx.AsyncClient, url: str, tg: TaskGroup) -> None:
+    The streams have a connection pool of their own: httpcore scans every connection of a
+    pool for each request, so measured requests through the streams' pool would time this
+    client's K connections, not the server."""
+
+    def __init__(
+        self, client: httpx.AsyncClient, holder: httpx.AsyncClient, url: str, tg: TaskGroup
+    ) -> None:
         self.client = client
+        self.holder = holder
         self.url = url
         self.tg = tg
         self.waiting: dict[str, anyio.Event] = {}
@@ -115,7 +122,7 @@ class Pool:
     async def _hold(self, sid: str, in_tool: anyio.Event, ended: anyio.Event) -> None:
         try:
             body = run_body(sid, "tool 3600", streaming=True)
-            async with self.client.stream("POST", f"{self.url}/run_sse", json=body) as response:
+            async with self.holder.stream("POST", f"{self.url}/run_sse", json=body) as response:
                 async for line in response.aiter_lines():
                     if not in_tool.is_set() and '"functionCall"' in line:
                         in_tool.set()
@@ -149,9 +156,15 @@ class Pool:
 
 
 def client() -> httpx.AsyncClient:
+    """The client of every measured request: a few connections, kept alive."""
+    return httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=32))
+
+
+def holder() -> httpx.AsyncClient:
+    """The client of the K streams: a connection each."""
     return httpx.AsyncClient(
         timeout=httpx.Timeout(60, read=None),
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=0),
     )
 
 
@@ -167,8 +180,8 @@ async def timed(fn: Callable[[], Awaitable[Any]]) -> float:
 async def one_worker(url: str, ks: list[int], cancels: int) -> dict[str, Any]:
     rng = random.Random(15)
     out: dict[str, Any] = {"cancel": {}, "runs": {}, "drain": []}
-    async with client() as http, anyio.create_task_group() as tg:
-        pool = Pool(http, url, tg)
+    async with client() as http, holder() as hold, anyio.create_task_group() as tg:
+        pool = Pool(http, hold, url, tg)
         for _ in range(5):  # warm-up
             await pool.fill(1)
             await pool.cancel(pool.pick(rng))
@@ -195,9 +208,9 @@ async def one_worker(url: str, ks: list[int], cancels: int) -> dict[str, Any]:
 async def rss_series(server: ServerProcess, ks: list[int]) -> tuple[int, dict[int, int]]:
     """RSS (KB) before the first waiting run, and at each K."""
     at: dict[int, int] = {}
-    async with client() as http, anyio.create_task_group() as tg:
-        pool = Pool(http, server.url, tg)
-        warm = Pool(http, server.url, tg)
+    async with client() as http, holder() as hold, anyio.create_task_group() as tg:
+        pool = Pool(http, hold, server.url, tg)
+        warm = Pool(http, hold, server.url, tg)
         await warm.fill(4)
         await asyncio.sleep(0.5)
         base = rss_kb(server.pid)
@@ -277,8 +290,8 @@ async def run_cost(servers: dict[str, ServerProcess], redis_url: str, rounds: in
 async def cross_worker(a: ServerProcess, b: ServerProcess, ks: list[int], cancels: int):
     rng = random.Random(16)
     out: dict[int, list[float]] = {}
-    async with client() as http, anyio.create_task_group() as tg:
-        pool = Pool(http, a.url, tg)
+    async with client() as http, holder() as hold, anyio.create_task_group() as tg:
+        pool = Pool(http, hold, a.url, tg)
         for _ in range(5):
             await pool.fill(1)
             await pool.cancel(pool.pick(rng), via=b.url)
