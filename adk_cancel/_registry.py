@@ -84,8 +84,16 @@ class Flag:
         await self._event.wait()
 
 
-@dataclass(eq=False)
-class RunEntry:
+class _Weakly:
+    """Lets a slotted ``RunEntry`` be a weak dictionary key (``_partial``, ``_rollback``)."""
+
+    __slots__ = ("__weakref__",)
+
+
+# Slots: about 40 fields, kept for every run in flight, in a dict of their own they would be
+# the biggest part of what adk-cancel holds per run.
+@dataclass(eq=False, slots=True)
+class RunEntry(_Weakly):
     """One run in flight. Created by the middleware, completed by the plugin."""
 
     registry: RunRegistry
