@@ -318,6 +318,7 @@ def main() -> None:
     parser.add_argument("--ks", default="1,100,1000", help="active runs (comma-separated)")
     parser.add_argument("--cancels", type=int, default=100, help="cancels measured per K")
     parser.add_argument("--no-redis", action="store_true")
+    parser.add_argument("--only-redis", action="store_true", help="part 4 alone")
     parser.add_argument("--no-memory", action="store_true", help="skip the RSS comparison")
     parser.add_argument("--cost-rounds", type=int, default=10)
     parser.add_argument("--cost-runs", type=int, default=20)
@@ -330,87 +331,92 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="adk-cancel-scale-") as tmp:
         logs = Path(tmp)
-        print(f"K runs waiting in an async tool on one worker; {args.cancels} cancels per K")
-        with ServerProcess(SAMPLES, *MEMORY, "--no_chat", log_path=logs / "one.log") as one:
-            result = asyncio.run(one_worker(one.url, ks, args.cancels))
-        print(f"{'ms':<26}{'p50':>9}{'p99':>9}{'max':>9}{'n':>6}")
-        for k in ks:
-            print(line(f":cancel round trip K={k}", result["cancel"][k]))
-        for k in ks:
-            print(line(f"GET /runs K={k}", result["runs"][k]))
-        print(line(f"drain {top}..1", result["drain"]))
-        p99_1, p99_top = pct(result["cancel"][ks[0]], 0.99), pct(result["cancel"][top], 0.99)
-        factor = p99_top / p99_1
-        verdict = "ok" if factor <= TARGET_P99_FACTOR else "MISSED"
-        print(
-            f"cancel p99 K={top} / K={ks[0]}: {factor:.2f}x "
-            f"(target <= {TARGET_P99_FACTOR}x): {verdict}"
-        )
-
-        print("\nregistry look-up in this process (adk_cancel.RunRegistry), us")
-        print(f"{'K':>6}{'one session':>14}{'one user':>12}")
-        for k, (session_us, user_us) in asyncio.run(registry_lookups(ks)).items():
-            print(f"{k:>6}{session_us:14.2f}{user_us:12.2f}")
-
-        if not args.no_memory:
-            series: dict[str, tuple[int, dict[int, int]]] = {}
-            for name, plain in (("plain ADK", True), ("adk-cancel", False)):
-                extra = () if plain else ("--no_chat",)
-                with ServerProcess(
-                    SAMPLES, *MEMORY, *extra, plain=plain, log_path=logs / f"rss-{plain}.log"
-                ) as server:
-                    series[name] = asyncio.run(rss_series(server, ks))
-            print("\nserver RSS per waiting run (RSS at K minus RSS before the first), KB")
-            print(f"{'K':>6}{'plain ADK':>12}{'adk-cancel':>12}{'ratio':>8}{'ours/run':>10}")
-            per: dict[str, dict[int, float]] = {
-                name: {k: (at[k] - base) / k for k in ks} for name, (base, at) in series.items()
-            }
-            for k in ks:
-                p, o = per["plain ADK"][k], per["adk-cancel"][k]
-                print(f"{k:>6}{p:12.1f}{o:12.1f}{o / p:8.3f}{o - p:10.1f}")
-            ratio = per["adk-cancel"][top] / per["plain ADK"][top]
-            verdict = "ok" if ratio <= TARGET_RSS_RATIO else "MISSED"
-            print(
-                f"RSS per run at K={top}: {ratio:.3f}x plain "
-                f"(target <= {TARGET_RSS_RATIO}): {verdict}"
-            )
-
+        if not args.only_redis:
+            one_worker_parts(args, ks, top, logs)
         if args.no_redis:
             return
-        redis_server = RedisServer(free_port(), logs).start()
-        try:
-            backend = ("--cancel_backend", redis_server.url)
-            a = ServerProcess(SAMPLES, *MEMORY, "--no_chat", *backend, log_path=logs / "a.log")
-            b = ServerProcess(SAMPLES, *MEMORY, "--no_chat", *backend, log_path=logs / "b.log")
-            m = ServerProcess(SAMPLES, *MEMORY, "--no_chat", log_path=logs / "m.log")
-            with a, b, m:
-                cpu, commands = asyncio.run(
-                    run_cost(
-                        {"memory://": m, "redis://": a},
-                        redis_server.url,
-                        args.cost_rounds,
-                        args.cost_runs,
-                    )
+        redis_part(args, ks, top, logs)
+
+
+def one_worker_parts(args: argparse.Namespace, ks: list[int], top: int, logs: Path) -> None:
+    print(f"K runs waiting in an async tool on one worker; {args.cancels} cancels per K")
+    with ServerProcess(SAMPLES, *MEMORY, "--no_chat", log_path=logs / "one.log") as one:
+        result = asyncio.run(one_worker(one.url, ks, args.cancels))
+    print(f"{'ms':<26}{'p50':>9}{'p99':>9}{'max':>9}{'n':>6}")
+    for k in ks:
+        print(line(f":cancel round trip K={k}", result["cancel"][k]))
+    for k in ks:
+        print(line(f"GET /runs K={k}", result["runs"][k]))
+    print(line(f"drain {top}..1", result["drain"]))
+    p99_1, p99_top = pct(result["cancel"][ks[0]], 0.99), pct(result["cancel"][top], 0.99)
+    factor = p99_top / p99_1
+    verdict = "ok" if factor <= TARGET_P99_FACTOR else "MISSED"
+    print(
+        f"cancel p99 K={top} / K={ks[0]}: {factor:.2f}x (target <= {TARGET_P99_FACTOR}x): {verdict}"
+    )
+
+    print("\nregistry look-up in this process (adk_cancel.RunRegistry), us")
+    print(f"{'K':>6}{'one session':>14}{'one user':>12}")
+    for k, (session_us, user_us) in asyncio.run(registry_lookups(ks)).items():
+        print(f"{k:>6}{session_us:14.2f}{user_us:12.2f}")
+
+    if not args.no_memory:
+        series: dict[str, tuple[int, dict[int, int]]] = {}
+        for name, plain in (("plain ADK", True), ("adk-cancel", False)):
+            extra = () if plain else ("--no_chat",)
+            with ServerProcess(
+                SAMPLES, *MEMORY, *extra, plain=plain, log_path=logs / f"rss-{plain}.log"
+            ) as server:
+                series[name] = asyncio.run(rss_series(server, ks))
+        print("\nserver RSS per waiting run (RSS at K minus RSS before the first), KB")
+        print(f"{'K':>6}{'plain ADK':>12}{'adk-cancel':>12}{'ratio':>8}{'ours/run':>10}")
+        per: dict[str, dict[int, float]] = {
+            name: {k: (at[k] - base) / k for k in ks} for name, (base, at) in series.items()
+        }
+        for k in ks:
+            p, o = per["plain ADK"][k], per["adk-cancel"][k]
+            print(f"{k:>6}{p:12.1f}{o:12.1f}{o / p:8.3f}{o - p:10.1f}")
+        ratio = per["adk-cancel"][top] / per["plain ADK"][top]
+        verdict = "ok" if ratio <= TARGET_RSS_RATIO else "MISSED"
+        print(
+            f"RSS per run at K={top}: {ratio:.3f}x plain (target <= {TARGET_RSS_RATIO}): {verdict}"
+        )
+
+
+def redis_part(args: argparse.Namespace, ks: list[int], top: int, logs: Path) -> None:
+    redis_server = RedisServer(free_port(), logs).start()
+    try:
+        backend = ("--cancel_backend", redis_server.url)
+        a = ServerProcess(SAMPLES, *MEMORY, "--no_chat", *backend, log_path=logs / "a.log")
+        b = ServerProcess(SAMPLES, *MEMORY, "--no_chat", *backend, log_path=logs / "b.log")
+        m = ServerProcess(SAMPLES, *MEMORY, "--no_chat", log_path=logs / "m.log")
+        with a, b, m:
+            cpu, commands = asyncio.run(
+                run_cost(
+                    {"memory://": m, "redis://": a},
+                    redis_server.url,
+                    args.cost_rounds,
+                    args.cost_runs,
                 )
-                cross = asyncio.run(cross_worker(a, b, sorted({ks[0], top}), args.cancels))
-        finally:
-            redis_server.stop()
-        mem_ms, red_ms = statistics.median(cpu["memory://"]), statistics.median(cpu["redis://"])
-        print(
-            f"\nannounce cost: server CPU per short /run {red_ms:.3f} ms on redis:// vs "
-            f"{mem_ms:.3f} ms on memory:// (+{(red_ms - mem_ms) * 1000:.0f} us, median of "
-            f"{args.cost_rounds} alternating rounds of {args.cost_runs}); "
-            f"{statistics.median(commands):.1f} Redis commands per run"
-        )
-        print(f"{'cross-worker :cancel, ms':<26}{'p50':>9}{'p99':>9}{'max':>9}{'n':>6}")
-        for k, trips in cross.items():
-            print(line(f"via B, K={k} on A", trips))
-        p99 = pct(cross[top], 0.99)
-        verdict = "ok" if p99 < TARGET_REDIS_P99_MS else "MISSED"
-        print(
-            f"cross-worker p99 at K={top}: {p99:.1f} ms "
-            f"(target < {TARGET_REDIS_P99_MS:g}): {verdict}"
-        )
+            )
+            cross = asyncio.run(cross_worker(a, b, sorted({ks[0], top}), args.cancels))
+    finally:
+        redis_server.stop()
+    mem_ms, red_ms = statistics.median(cpu["memory://"]), statistics.median(cpu["redis://"])
+    print(
+        f"\nannounce cost: server CPU per short /run {red_ms:.3f} ms on redis:// vs "
+        f"{mem_ms:.3f} ms on memory:// (+{(red_ms - mem_ms) * 1000:.0f} us, median of "
+        f"{args.cost_rounds} alternating rounds of {args.cost_runs}); "
+        f"{statistics.median(commands):.1f} Redis commands per run"
+    )
+    print(f"{'cross-worker :cancel, ms':<26}{'p50':>9}{'p99':>9}{'max':>9}{'n':>6}")
+    for k, trips in cross.items():
+        print(line(f"via B, K={k} on A", trips))
+    p99 = pct(cross[top], 0.99)
+    verdict = "ok" if p99 < TARGET_REDIS_P99_MS else "MISSED"
+    print(
+        f"cross-worker p99 at K={top}: {p99:.1f} ms (target < {TARGET_REDIS_P99_MS:g}): {verdict}"
+    )
 
 
 if __name__ == "__main__":
