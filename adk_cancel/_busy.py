@@ -314,6 +314,9 @@ class SessionGate:
         """``send`` for a run's client, under its policy: names the replaced runs in the
         response's headers, and gives the session back just before the last body message of
         a run that ended on its own, so its client's next message finds the session free."""
+        if entry.on_busy is None or entry.on_busy == "allow":
+            # Nothing replaced, no lease to give back: no wrapper on every streamed event.
+            return send
 
         async def send_busy(message: Message) -> None:
             kind = message["type"]

@@ -207,6 +207,51 @@ async def _end_tasks(tasks: Iterable[asyncio.Task[Any]]) -> None:
             logger.debug("Live run task %s ended with %r", task.get_name(), task.exception())
 
 
+class _Helpers:
+    """The tasks that run beside one run's app (listener, deadline and cancel watchers).
+
+    Owned by ``CancelMiddleware._run``, which ends them in its ``finally``. Like a task
+    group: the first helper to fail cancels the app (``app_scope``), and ``aclose`` raises
+    its error once every helper has ended.
+    """
+
+    __slots__ = ("_app_scope", "_error", "_tasks")
+
+    def __init__(self, app_scope: anyio.CancelScope) -> None:
+        self._app_scope = app_scope
+        self._tasks: list[asyncio.Task[None]] = []
+        self._error: BaseException | None = None
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        task.add_done_callback(self._ended)
+        self._tasks.append(task)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None and self._error is None:
+            self._error = error
+            self._app_scope.cancel()
+
+    async def aclose(self) -> None:
+        """Cancel the helpers and wait until each has ended (a cancellation of this task
+        meanwhile is raised once they have); then raise the first helper's error."""
+        cancelled = False
+        while pending := [t for t in self._tasks if not t.done()]:
+            for task in pending:
+                task.cancel()
+            try:
+                await asyncio.wait(pending)
+            except asyncio.CancelledError:
+                cancelled = True
+        if cancelled:
+            raise asyncio.CancelledError
+        if self._error is not None:
+            raise self._error
+
+
 class CancelMiddleware:
     """Pure ASGI middleware; every other scope passes straight through."""
 
@@ -256,7 +301,8 @@ class CancelMiddleware:
             if not body_sent:
                 body_sent = True
                 return {"type": "http.request", "body": body, "more_body": False}
-            await anyio.sleep_forever()
+            # A bare future: nothing to schedule for a run that waits for hours.
+            await asyncio.get_running_loop().create_future()
             raise AssertionError("unreachable")
 
         deadlines = Deadlines()
@@ -450,51 +496,63 @@ class CancelMiddleware:
         listen: Callable[[], Coroutine[Any, Any, None]] | None = None,
         deadlines: Deadlines | None = None,
     ) -> None:
-        """Run the app beside the cancel watcher (and disconnect listener, and deadline
-        watcher) in one task group; the app finishing ends the others."""
+        """Run the app beside the disconnect listener and the deadline watcher, if any; the
+        cancel watcher starts once a cancel comes. The app finishing ends them all.
+
+        Not a task group: on a server full of runs waiting in tools, an anyio task group
+        and its two tasks were about 8 KB of every run, and the cancel watcher idled in
+        almost all of them. The helpers are tasks this call owns (``_Helpers``): a helper
+        that fails cancels the app and its error is raised here, as a task group would.
+        """
         token = current_run.set(entry)
         app_scope = anyio.CancelScope()
+        helpers = _Helpers(app_scope)
+
+        def start_watch() -> None:
+            helpers.spawn(self._watch(entry, app_scope))
+
         try:
-            async with anyio.create_task_group() as tg:
+            try:
                 if listen is not None:
-                    tg.start_soon(listen)
+                    helpers.spawn(listen())
                 if deadlines:
                     _deadline.prepare(entry, deadlines)
-                    tg.start_soon(_deadline.watch, entry, deadlines)
-                tg.start_soon(self._watch, entry, app_scope)
-                try:
-                    with app_scope:
-                        await call_app()
-                    if entry.cancel_reason is None:
-                        entry.ended = True
-                except asyncio.CancelledError:
-                    # ADK re-raises the cancellation of its own task, which our force (or,
-                    # after a disconnect, nobody's answer) caused: the run is over, not
-                    # this request.
-                    if not (entry.forced or entry.disconnected) or _outer_cancelled():
-                        raise
-                except Exception as error:
-                    if entry.cancel_reason is None:
-                        if entry.error is None:
-                            entry.error = f"{type(error).__name__}: {error}"
-                        raise
-                    # Failing on the way out of a cancel (ADK's seal write hitting a stale
-                    # session on a shared store) still ends the run: repair and answer as
-                    # cancelled rather than a 500 and an unsealed session.
-                    entry.failed = True
-                    logger.warning(
-                        "Run %s (session %s) failed after its cancel (%s: %s); repairing the "
-                        "session",
-                        entry.invocation_id or entry.run_id,
-                        entry.key.session_id,
-                        type(error).__name__,
-                        error,
-                    )
-                    logger.debug("The failure of run %s", entry.run_id, exc_info=True)
-                finally:
-                    if entry.cancel_mono is not None:
-                        entry.stop_ms = round((time.monotonic() - entry.cancel_mono) * 1000, 3)
-                    tg.cancel_scope.cancel()
+                    helpers.spawn(_deadline.watch(entry, deadlines))
+                entry.on_cancel = start_watch
+                if entry.cancel_order is not None:
+                    start_watch()
+                with app_scope:
+                    await call_app()
+                if entry.cancel_reason is None:
+                    entry.ended = True
+            except asyncio.CancelledError:
+                # ADK re-raises the cancellation of its own task, which our force (or,
+                # after a disconnect, nobody's answer) caused: the run is over, not
+                # this request.
+                if not (entry.forced or entry.disconnected) or _outer_cancelled():
+                    raise
+            except Exception as error:
+                if entry.cancel_reason is None:
+                    if entry.error is None:
+                        entry.error = f"{type(error).__name__}: {error}"
+                    raise
+                # Failing on the way out of a cancel (ADK's seal write hitting a stale
+                # session on a shared store) still ends the run: repair and answer as
+                # cancelled rather than a 500 and an unsealed session.
+                entry.failed = True
+                logger.warning(
+                    "Run %s (session %s) failed after its cancel (%s: %s); repairing the session",
+                    entry.invocation_id or entry.run_id,
+                    entry.key.session_id,
+                    type(error).__name__,
+                    error,
+                )
+                logger.debug("The failure of run %s", entry.run_id, exc_info=True)
+            finally:
+                if entry.cancel_mono is not None:
+                    entry.stop_ms = round((time.monotonic() - entry.cancel_mono) * 1000, 3)
+                entry.on_cancel = None
+                await helpers.aclose()
         except BaseException:
             await self.gate.release(entry)
             self._close(entry)
@@ -503,7 +561,7 @@ class CancelMiddleware:
             current_run.reset(token)
 
     async def _watch(self, entry: RunEntry, app_scope: anyio.CancelScope) -> None:
-        await entry.cancel_requested.wait()
+        """Started by the run's first cancel (``RunEntry.on_cancel``)."""
         _metrics.cancel_requested(entry)
         if entry.queued:
             return  # it never started: the gate stops waiting for it, and that is all

@@ -58,7 +58,10 @@ class CancelPlugin(BasePlugin):
         # The model call runs next in this task: a model that watches the abort source
         # (MlxLlm does, after every token) stops on the abort itself, a loop turn before
         # ADK gets round to cancelling its task.
-        bind_abort_source(callback_context)
+        # The invocation, not the callback context: what is bound lives as long as the
+        # run's task, and the context (with its state delta) would be kept alive by it.
+        invocation = getattr(callback_context, "_invocation_context", None)
+        bind_abort_source(invocation if invocation is not None else callback_context)
         return None
 
     async def on_event_callback(

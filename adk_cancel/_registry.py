@@ -57,8 +57,43 @@ current_run: contextvars.ContextVar[RunEntry | None] = contextvars.ContextVar(
 )
 
 
-@dataclass(eq=False)
-class RunEntry:
+class Flag:
+    """An ``asyncio.Event`` that makes its event only when someone waits: every run has two
+    flags, and on a server full of runs waiting in tools almost none is ever waited on (an
+    event and its waiter queue are about 800 bytes)."""
+
+    __slots__ = ("_event", "_set")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._event: asyncio.Event | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        if self._event is not None:
+            self._event.set()
+
+    async def wait(self) -> None:
+        if self._set:
+            return
+        if self._event is None:
+            self._event = asyncio.Event()
+        await self._event.wait()
+
+
+class _Weakly:
+    """Lets a slotted ``RunEntry`` be a weak dictionary key (``_partial``, ``_rollback``)."""
+
+    __slots__ = ("__weakref__",)
+
+
+# Slots: about 40 fields, kept for every run in flight, in a dict of their own they would be
+# the biggest part of what adk-cancel holds per run.
+@dataclass(eq=False, slots=True)
+class RunEntry(_Weakly):
     """One run in flight. Created by the middleware, completed by the plugin."""
 
     registry: RunRegistry
@@ -87,8 +122,10 @@ class RunEntry:
     stopped_by: StoppedBy | None = None
     stop_ms: float | None = None
     repaired: bool = False
-    cancel_requested: asyncio.Event = field(default_factory=asyncio.Event)
-    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    cancel_requested: Flag = field(default_factory=lambda: Flag())
+    finished: Flag = field(default_factory=lambda: Flag())
+    on_cancel: Callable[[], None] | None = None
+    """Called on the first cancel: the middleware starts the run's cancel watcher."""
     output_taps: list[Callable[[Message], None]] = field(default_factory=list)
     """Called with every body chunk and websocket message the app sends its client (keep
     them cheap: they run on every streamed event)."""
@@ -150,6 +187,8 @@ class RunEntry:
             # Abort right here rather than in the watcher task: it saves a loop turn.
             self.invocation_context.abort()
         self.cancel_requested.set()
+        if self.on_cancel is not None:
+            self.on_cancel()
         for callback in list(self.cancel_callbacks):  # tool threads add and remove theirs
             try:
                 callback()

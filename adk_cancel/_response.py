@@ -113,11 +113,8 @@ class Response:
             if entry.cancel_reason is not None:
                 message = {**message, "headers": [*headers, *_cancel_headers(entry)]}
         elif kind == "http.response.body":
-            if (
-                self.sse
-                and entry.cancel_reason is not None
-                and message.get("body", b"").startswith(_ADK_ERROR_CHUNK)
-            ):
+            cancelled = entry.cancel_order is not None  # once per streamed event: no property
+            if cancelled and self.sse and message.get("body", b"").startswith(_ADK_ERROR_CHUNK):
                 # ADK's stream failed on its way out of the cancel (its seal write hit a
                 # stale session): the run is stopped all the same, and the session gets
                 # repaired; the client's answer is the cancel, not ADK's internal error.
@@ -131,13 +128,13 @@ class Response:
                 )
                 message = {**message, "body": b""}
             if not message.get("more_body", False):
-                if self.sse and entry.cancel_reason is not None and not self.cancel_event_sent:
+                if self.sse and cancelled and not self.cancel_event_sent:
                     self.cancel_event_sent = True
                     await self._send(
                         {"type": "http.response.body", "body": _sse_chunk(entry), "more_body": True}
                     )
                 self.ended = True
-                if entry.cancel_reason is None:
+                if not cancelled:
                     entry.ended = True
         elif kind in ("websocket.close", "websocket.http.response.start"):
             self.ws_closed = True

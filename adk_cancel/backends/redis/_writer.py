@@ -36,6 +36,9 @@ EVENTS_EVERY_S = 0.005
 """Events are written at most this often: an event within this long of the previous write
 waits for the next one (followers on other workers see it up to this much later)."""
 
+SNAPSHOT_RUNS = 100
+"""Runs per pipeline of a heartbeat (see ``Writer.write_snapshot``)."""
+
 Location = tuple[str, str]
 """Where a run's entry is: (hash key, field)."""
 
@@ -142,35 +145,49 @@ class Writer:
         self, client: Redis, runs: list[RunInfo], streams: Sequence[RunStream] = ()
     ) -> None:
         """The heartbeat: the node key, every local run as the registry has it now, and the
-        event logs (written again where Redis lacks them, after an outage)."""
-        async with client.pipeline(transaction=False) as pipe:
-            pipe.set(
-                self.keys.node(self.node_id),
-                json.dumps({"host": socket.gethostname(), "pid": os.getpid()}),
-                px=self.ttl_ms,
-            )
-            # Before the runs: a follower that finds a run listed finds its log too.
-            stream_commands = self.streams.snapshot(pipe, streams)
-            staged = [
-                s for run in runs if (s := self._stage(pipe, Op("announce", run))) is not None
-            ]
-            # Entries a lost withdraw left, including a run's old key after it was re-keyed.
-            current = {loc for s in staged for loc in s.locations or ()}
-            for locations in self.published.values():
-                for location in locations:
-                    if location not in current:
-                        pipe.hdel(*location)
-            results = await pipe.execute(raise_on_error=False)
-        if isinstance(results[0], Exception):
-            # Without its node key this process looks dead to the others: that is an outage.
-            raise results[0]
-        self.streams.check(results[1 : 1 + stream_commands])
+        event logs (written again where Redis lacks them, after an outage).
+
+        The runs go in pipelines of ``SNAPSHOT_RUNS`` each: one pipeline of a thousand runs
+        kept the event loop busy for tens of milliseconds (packing the commands, then reading
+        the answers), and every cancel due meanwhile waited for it."""
         published: dict[str, tuple[Location, ...]] = {}
-        for item, answers in _split(staged, results[1 + stream_commands :]):
-            if (error := _first_error(answers)) is not None:
-                self._refuse(item.op, error)
-            elif item.op.run is not None and item.locations is not None:
-                published[item.op.run.run_id] = item.locations
+        current: set[Location] = set()
+        chunks = [runs[i : i + SNAPSHOT_RUNS] for i in range(0, len(runs), SNAPSHOT_RUNS)]
+        for index, chunk in enumerate(chunks or [[]]):
+            first, last = index == 0, index == max(len(chunks) - 1, 0)
+            stream_commands = 0
+            async with client.pipeline(transaction=False) as pipe:
+                if first:
+                    pipe.set(
+                        self.keys.node(self.node_id),
+                        json.dumps({"host": socket.gethostname(), "pid": os.getpid()}),
+                        px=self.ttl_ms,
+                    )
+                    # Before the runs: a follower that finds a run listed finds its log too.
+                    stream_commands = self.streams.snapshot(pipe, streams)
+                staged = [
+                    s for run in chunk if (s := self._stage(pipe, Op("announce", run))) is not None
+                ]
+                current.update(loc for s in staged for loc in s.locations or ())
+                if last:
+                    # Entries a lost withdraw left, including a run's old key after it was
+                    # re-keyed.
+                    for locations in self.published.values():
+                        for location in locations:
+                            if location not in current:
+                                pipe.hdel(*location)
+                results = await pipe.execute(raise_on_error=False)
+            if first:
+                if isinstance(results[0], Exception):
+                    # Without its node key this process looks dead to the others: an outage.
+                    raise results[0]
+                self.streams.check(results[1 : 1 + stream_commands])
+                results = results[1 + stream_commands :]
+            for item, answers in _split(staged, results):
+                if (error := _first_error(answers)) is not None:
+                    self._refuse(item.op, error)
+                elif item.op.run is not None and item.locations is not None:
+                    published[item.op.run.run_id] = item.locations
         self.published = published
         self._refused &= {run.run_id for run in runs}
 

@@ -1,0 +1,423 @@
+"""Does a cancel slow down, and what does a run cost in memory, as a worker fills up with
+runs? K runs wait in an async tool on one worker; K = 1, 100, 1,000 by default.
+
+Run: .venv/bin/python bench/scale.py [--ks 1,100,1000] [--cancels 100] [--no-redis]
+
+Servers are separate ``adk-cancel api_server`` / ``adk api_server`` processes serving
+``samples/`` (memory session store, CLI defaults), each run a ``/run_sse`` of the scripted
+``slow_agent`` told ``tool 3600``: it streams three words, then awaits its tool. A run counts
+as waiting once its function call has reached this client.
+
+1. One worker. At each K (ascending): ``--cancels`` times, cancel one waiting run (``:cancel``,
+   wait=true: answered once the run has stopped and its session was read back and sealed),
+   then start another so K stays put; the figure is the client's round trip of the
+   ``:cancel``. Also ``GET .../runs`` of one session. Then every run is cancelled one by one
+   ("drain": K falling from the largest to 1).
+2. Memory. A fresh plain ADK and a fresh adk-cancel server each get K runs (after a warm-up
+   of a few runs); RSS (``VmRSS``) at K minus RSS before the first run, per run.
+3. The registry in this process (``adk_cancel.RunRegistry``, no server): the time to look up
+   one session's runs (what a cancel does) and one user's, with K runs registered.
+4. Redis (unless ``--no-redis``): a throwaway ``redis-server`` and two workers A and B. What
+   announcing costs per run start: A's CPU per short run next to a ``memory://`` worker's
+   (alternating rounds) and Redis commands per run. Then K runs on A, each cancel sent to B
+   (B reaches A through Redis), at K = 1 and the largest K.
+
+This client holds K open streams: its own collector is frozen after each fill, so a full
+collection of its heap does not land in a measured round trip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import random
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+from anyio.abc import TaskGroup
+
+from adk_cancel import RunRegistry, SessionKey
+from adk_cancel.testing import RedisServer, ServerProcess, free_port, run_body, session_path
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "samples"
+MEMORY = (
+    "--session_service_uri=memory://",
+    "--artifact_service_uri=memory://",
+    "--memory_service_uri=memory://",
+    "--log_level=warning",
+)
+APP = "slow_agent"
+TARGET_P99_FACTOR = 1.3
+TARGET_RSS_RATIO = 1.03
+TARGET_REDIS_P99_MS = 30.0
+FILL_AT_ONCE = 16
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds a process has used, all threads (``/proc/PID/task/*/schedstat``, in ns)."""
+    total = 0
+    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        try:
+            total += int(stat.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total / 1e9
+
+
+def settle_client() -> None:
+    """Freeze this client's heap (K open streams): its collector then skips them."""
+    gc.collect()
+    gc.freeze()
+
+
+class Pool:
+    """The waiting runs this client holds on one server, each a /run_sse stream read by a
+    task of ``tg`` (which ends them all, by disconnecting, when it is cancelled).
+
+    The streams have a connection pool of their own: httpcore scans every connection of a
+    pool for each request, so measured requests through the streams' pool would time this
+    client's K connections, not the server."""
+
+    def __init__(
+        self, client: httpx.AsyncClient, holder: httpx.AsyncClient, url: str, tg: TaskGroup
+    ) -> None:
+        self.client = client
+        self.holder = holder
+        self.url = url
+        self.tg = tg
+        self.waiting: dict[str, anyio.Event] = {}
+        """Session id -> set when its stream has ended."""
+
+    async def add(self) -> str:
+        sid = (await self.client.post(f"{self.url}/apps/{APP}/users/u/sessions", json={})).json()[
+            "id"
+        ]
+        in_tool, ended = anyio.Event(), anyio.Event()
+        self.tg.start_soon(self._hold, sid, in_tool, ended)
+        await in_tool.wait()
+        self.waiting[sid] = ended
+        return sid
+
+    async def _hold(self, sid: str, in_tool: anyio.Event, ended: anyio.Event) -> None:
+        try:
+            body = run_body(sid, "tool 3600", streaming=True)
+            async with self.holder.stream("POST", f"{self.url}/run_sse", json=body) as response:
+                async for line in response.aiter_lines():
+                    if not in_tool.is_set() and '"functionCall"' in line:
+                        in_tool.set()
+        finally:
+            in_tool.set()
+            ended.set()
+
+    async def fill(self, k: int) -> None:
+        missing = k - len(self.waiting)
+        for start in range(0, missing, FILL_AT_ONCE):
+            async with anyio.create_task_group() as tg:
+                for _ in range(min(FILL_AT_ONCE, missing - start)):
+                    tg.start_soon(self.add)
+        settle_client()
+
+    def pick(self, rng: random.Random) -> str:
+        return rng.choice(list(self.waiting))
+
+    async def cancel(self, sid: str, via: str | None = None) -> float:
+        """Cancel one waiting run (through ``via``, another worker, if given); the round trip
+        in ms. Its session is deleted afterwards."""
+        url = (via or self.url) + session_path(sid) + ":cancel"
+        t0 = time.perf_counter()
+        response = await self.client.post(url, json={"reason": "bench"})
+        ms = (time.perf_counter() - t0) * 1000
+        if response.status_code != 200:
+            raise RuntimeError(f"cancel answered {response.status_code}: {response.text}")
+        await self.waiting.pop(sid).wait()
+        await self.client.delete(self.url + session_path(sid))
+        return ms
+
+
+def client() -> httpx.AsyncClient:
+    """The client of every measured request: a few connections, kept alive."""
+    return httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=32))
+
+
+def holder() -> httpx.AsyncClient:
+    """The client of the K streams: a connection each."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(60, read=None),
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=0),
+    )
+
+
+async def timed(fn: Callable[[], Awaitable[Any]]) -> float:
+    t0 = time.perf_counter()
+    await fn()
+    return (time.perf_counter() - t0) * 1000
+
+
+# -- 1. one worker ------------------------------------------------------------------------------
+
+
+async def one_worker(url: str, ks: list[int], cancels: int) -> dict[str, Any]:
+    rng = random.Random(15)
+    out: dict[str, Any] = {"cancel": {}, "runs": {}, "drain": []}
+    async with client() as http, holder() as hold, anyio.create_task_group() as tg:
+        pool = Pool(http, hold, url, tg)
+        for _ in range(5):  # warm-up
+            await pool.fill(1)
+            await pool.cancel(pool.pick(rng))
+        for k in ks:
+            await pool.fill(k)
+            trips, lists = [], []
+            for _ in range(cancels):
+                trips.append(await pool.cancel(pool.pick(rng)))
+                await pool.add()
+                sid = pool.pick(rng)
+                lists.append(await timed(lambda s=sid: http.get(url + session_path(s) + "/runs")))
+            out["cancel"][k] = trips
+            out["runs"][k] = lists
+        settle_client()
+        while pool.waiting:
+            out["drain"].append(await pool.cancel(pool.pick(rng)))
+        tg.cancel_scope.cancel()
+    return out
+
+
+# -- 2. memory ----------------------------------------------------------------------------------
+
+
+async def rss_series(server: ServerProcess, ks: list[int]) -> tuple[int, dict[int, int]]:
+    """RSS (KB) before the first waiting run, and at each K."""
+    at: dict[int, int] = {}
+    async with client() as http, holder() as hold, anyio.create_task_group() as tg:
+        pool = Pool(http, hold, server.url, tg)
+        warm = Pool(http, hold, server.url, tg)
+        await warm.fill(4)
+        await asyncio.sleep(0.5)
+        base = rss_kb(server.pid)
+        for k in ks:
+            await pool.fill(k)
+            await asyncio.sleep(0.5)
+            at[k] = rss_kb(server.pid)
+        tg.cancel_scope.cancel()
+    # The warm-up's 4 runs are there all along: K counts only the pool's.
+    return base, at
+
+
+# -- 3. the registry in this process ------------------------------------------------------------
+
+
+async def registry_lookups(ks: list[int], n: int = 2000) -> dict[int, tuple[float, float]]:
+    """Microseconds per look-up of one session's runs, and of one user's, with K runs."""
+    out: dict[int, tuple[float, float]] = {}
+    for k in ks:
+        registry = RunRegistry()
+        keys = [SessionKey(APP, f"user{i}", f"s{i}") for i in range(k)]
+        for key in keys:
+            registry.register(key, "run_sse")
+        probe = keys[k // 2]
+        t0 = time.perf_counter()
+        for _ in range(n):
+            registry.runs_here(probe)
+        session_us = (time.perf_counter() - t0) / n * 1e6
+        t0 = time.perf_counter()
+        for _ in range(n):
+            registry.user_runs_here(APP, probe.user_id)
+        user_us = (time.perf_counter() - t0) / n * 1e6
+        out[k] = (session_us, user_us)
+    return out
+
+
+# -- 4. Redis -----------------------------------------------------------------------------------
+
+
+def redis_commands(url: str) -> int:
+    import redis
+
+    info: dict[str, Any] = redis.Redis.from_url(url).info("stats")
+    return int(info["total_commands_processed"])
+
+
+async def run_cost(servers: dict[str, ServerProcess], redis_url: str, rounds: int, runs: int):
+    """Server CPU (ms) per short /run, per server, per round; Redis commands per run."""
+    cpu: dict[str, list[float]] = {name: [] for name in servers}
+    commands: list[float] = []
+    names = list(servers)
+    async with client() as http:
+
+        async def batch(server: ServerProcess) -> None:
+            for _ in range(runs):
+                sid = (
+                    await http.post(f"{server.url}/apps/{APP}/users/u/sessions", json={})
+                ).json()["id"]
+                await http.post(f"{server.url}/run", json=run_body(sid, "quick"))
+                await http.delete(server.url + session_path(sid))
+
+        for server in servers.values():
+            await batch(server)
+        for i in range(rounds):
+            for name in names if i % 2 == 0 else names[::-1]:
+                server = servers[name]
+                before, sent = cpu_s(server.pid), redis_commands(redis_url)
+                await batch(server)
+                cpu[name].append((cpu_s(server.pid) - before) / runs * 1000)
+                if name == "redis://":
+                    # Settle: the writer batches announcements for a few ms.
+                    await asyncio.sleep(0.05)
+                    commands.append((redis_commands(redis_url) - sent) / runs)
+    return cpu, commands
+
+
+async def cross_worker(a: ServerProcess, b: ServerProcess, ks: list[int], cancels: int):
+    rng = random.Random(16)
+    out: dict[int, list[float]] = {}
+    async with client() as http, holder() as hold, anyio.create_task_group() as tg:
+        pool = Pool(http, hold, a.url, tg)
+        for _ in range(5):
+            await pool.fill(1)
+            await pool.cancel(pool.pick(rng), via=b.url)
+        for k in ks:
+            await pool.fill(k)
+            trips = []
+            for _ in range(cancels):
+                trips.append(await pool.cancel(pool.pick(rng), via=b.url))
+                await pool.add()
+            out[k] = trips
+        tg.cancel_scope.cancel()
+    return out
+
+
+def line(label: str, values: list[float]) -> str:
+    return (
+        f"{label:<26}{statistics.median(values):9.2f}{pct(values, 0.99):9.2f}"
+        f"{max(values):9.2f}{len(values):6d}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ks", default="1,100,1000", help="active runs (comma-separated)")
+    parser.add_argument("--cancels", type=int, default=100, help="cancels measured per K")
+    parser.add_argument("--no-redis", action="store_true")
+    parser.add_argument("--only-redis", action="store_true", help="part 4 alone")
+    parser.add_argument("--no-memory", action="store_true", help="skip the RSS comparison")
+    parser.add_argument("--cost-rounds", type=int, default=10)
+    parser.add_argument("--cost-runs", type=int, default=20)
+    args = parser.parse_args()
+    ks = sorted({int(k) for k in args.ks.split(",")})
+    top = ks[-1]
+    # K streams are K sockets on each side.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4 * top + 1024)), hard))
+
+    with tempfile.TemporaryDirectory(prefix="adk-cancel-scale-") as tmp:
+        logs = Path(tmp)
+        if not args.only_redis:
+            one_worker_parts(args, ks, top, logs)
+        if args.no_redis:
+            return
+        redis_part(args, ks, top, logs)
+
+
+def one_worker_parts(args: argparse.Namespace, ks: list[int], top: int, logs: Path) -> None:
+    print(f"K runs waiting in an async tool on one worker; {args.cancels} cancels per K")
+    with ServerProcess(SAMPLES, *MEMORY, "--no_chat", log_path=logs / "one.log") as one:
+        result = asyncio.run(one_worker(one.url, ks, args.cancels))
+    print(f"{'ms':<26}{'p50':>9}{'p99':>9}{'max':>9}{'n':>6}")
+    for k in ks:
+        print(line(f":cancel round trip K={k}", result["cancel"][k]))
+    for k in ks:
+        print(line(f"GET /runs K={k}", result["runs"][k]))
+    print(line(f"drain {top}..1", result["drain"]))
+    p99_1, p99_top = pct(result["cancel"][ks[0]], 0.99), pct(result["cancel"][top], 0.99)
+    factor = p99_top / p99_1
+    verdict = "ok" if factor <= TARGET_P99_FACTOR else "MISSED"
+    print(
+        f"cancel p99 K={top} / K={ks[0]}: {factor:.2f}x (target <= {TARGET_P99_FACTOR}x): {verdict}"
+    )
+
+    print("\nregistry look-up in this process (adk_cancel.RunRegistry), us")
+    print(f"{'K':>6}{'one session':>14}{'one user':>12}")
+    for k, (session_us, user_us) in asyncio.run(registry_lookups(ks)).items():
+        print(f"{k:>6}{session_us:14.2f}{user_us:12.2f}")
+
+    if not args.no_memory:
+        series: dict[str, tuple[int, dict[int, int]]] = {}
+        for name, plain in (("plain ADK", True), ("adk-cancel", False)):
+            extra = () if plain else ("--no_chat",)
+            with ServerProcess(
+                SAMPLES, *MEMORY, *extra, plain=plain, log_path=logs / f"rss-{plain}.log"
+            ) as server:
+                series[name] = asyncio.run(rss_series(server, ks))
+        print("\nserver RSS per waiting run (RSS at K minus RSS before the first), KB")
+        print(f"{'K':>6}{'plain ADK':>12}{'adk-cancel':>12}{'ratio':>8}{'ours/run':>10}")
+        per: dict[str, dict[int, float]] = {
+            name: {k: (at[k] - base) / k for k in ks} for name, (base, at) in series.items()
+        }
+        for k in ks:
+            p, o = per["plain ADK"][k], per["adk-cancel"][k]
+            print(f"{k:>6}{p:12.1f}{o:12.1f}{o / p:8.3f}{o - p:10.1f}")
+        ratio = per["adk-cancel"][top] / per["plain ADK"][top]
+        verdict = "ok" if ratio <= TARGET_RSS_RATIO else "MISSED"
+        print(
+            f"RSS per run at K={top}: {ratio:.3f}x plain (target <= {TARGET_RSS_RATIO}): {verdict}"
+        )
+
+
+def redis_part(args: argparse.Namespace, ks: list[int], top: int, logs: Path) -> None:
+    redis_server = RedisServer(free_port(), logs).start()
+    try:
+        backend = ("--cancel_backend", redis_server.url)
+        a = ServerProcess(SAMPLES, *MEMORY, "--no_chat", *backend, log_path=logs / "a.log")
+        b = ServerProcess(SAMPLES, *MEMORY, "--no_chat", *backend, log_path=logs / "b.log")
+        m = ServerProcess(SAMPLES, *MEMORY, "--no_chat", log_path=logs / "m.log")
+        with a, b, m:
+            cpu, commands = asyncio.run(
+                run_cost(
+                    {"memory://": m, "redis://": a},
+                    redis_server.url,
+                    args.cost_rounds,
+                    args.cost_runs,
+                )
+            )
+            cross = asyncio.run(cross_worker(a, b, sorted({ks[0], top}), args.cancels))
+    finally:
+        redis_server.stop()
+    mem_ms, red_ms = statistics.median(cpu["memory://"]), statistics.median(cpu["redis://"])
+    print(
+        f"\nannounce cost: server CPU per short /run {red_ms:.3f} ms on redis:// vs "
+        f"{mem_ms:.3f} ms on memory:// (+{(red_ms - mem_ms) * 1000:.0f} us, median of "
+        f"{args.cost_rounds} alternating rounds of {args.cost_runs}); "
+        f"{statistics.median(commands):.1f} Redis commands per run"
+    )
+    print(f"{'cross-worker :cancel, ms':<26}{'p50':>9}{'p99':>9}{'max':>9}{'n':>6}")
+    for k, trips in cross.items():
+        print(line(f"via B, K={k} on A", trips))
+    p99 = pct(cross[top], 0.99)
+    verdict = "ok" if p99 < TARGET_REDIS_P99_MS else "MISSED"
+    print(
+        f"cross-worker p99 at K={top}: {p99:.1f} ms (target < {TARGET_REDIS_P99_MS:g}): {verdict}"
+    )
+
+
+if __name__ == "__main__":
+    main()
