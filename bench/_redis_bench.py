@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from _measure import pct
 
 from adk_cancel.testing import (
     RedisServer,
@@ -39,11 +40,6 @@ from adk_cancel.testing import (
 ROOT = Path(__file__).resolve().parent.parent
 
 TARGET_P99_MS = 30.0
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def _holds(worker: ServerProcess, run: dict[str, Any]) -> bool:

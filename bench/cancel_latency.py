@@ -28,6 +28,7 @@ from typing import Any
 
 import httpx
 import websockets
+from _measure import pct
 
 from adk_cancel.testing import run_body, serve, session_path, wait_for_call
 
@@ -38,11 +39,6 @@ MEMORY_SERVICES = {
     "artifact_service_uri": "memory://",
     "memory_service_uri": "memory://",
 }
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def one_trial(client: httpx.AsyncClient, url: str, route: str) -> tuple[float, float]:

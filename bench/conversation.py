@@ -29,17 +29,13 @@ import uuid
 from pathlib import Path
 
 import httpx
+from _measure import pct
 
 from adk_cancel.testing import RedisServer, ServerProcess, free_port, run_body, serve
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = "slow_agent"
 SERVICES = {"web": False, "artifact_service_uri": "memory://", "memory_service_uri": "memory://"}
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def new_session(client: httpx.AsyncClient, url: str) -> str:

@@ -35,24 +35,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from _measure import SERVER_SERVICES, pct
 
 from adk_cancel.testing import ServerProcess, run_body, session_path
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVICES = (
-    "--session_service_uri=memory://",
-    "--artifact_service_uri=memory://",
-    "--memory_service_uri=memory://",
-    "--log_level=warning",
-)
+SERVICES = SERVER_SERVICES
 TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 TARGET_RATIO = 1.03
 TARGET_FIRE_P99_MS = 50.0
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def cpu_s(pid: int) -> float:

@@ -31,29 +31,14 @@ import tempfile
 from pathlib import Path
 
 import httpx
+from _measure import SERVER_SERVICES, cpu_s
 
 from adk_cancel.testing import ServerProcess, run_body, session_path
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVICES = (
-    "--session_service_uri=memory://",
-    "--artifact_service_uri=memory://",
-    "--memory_service_uri=memory://",
-    "--log_level=warning",
-)
+SERVICES = SERVER_SERVICES
 TARGET_RATIO = 1.02
 APP = "slow_agent"
-
-
-def cpu_s(pid: int) -> float:
-    """CPU seconds a process has used, all threads (``/proc/PID/task/*/schedstat``, in ns)."""
-    total = 0
-    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
-        try:
-            total += int(stat.read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            pass  # a thread that just ended
-    return total / 1e9
 
 
 async def stream(client: httpx.AsyncClient, url: str, events: int) -> int:

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import httpx
+from _measure import cpu_s, pct
 
 from adk_cancel.testing import (
     RedisServer,
@@ -41,22 +42,6 @@ ROOT = Path(__file__).resolve().parent.parent
 TARGET_P99_MS = 5.0
 MEMORY = ("--session_service_uri", "memory://", "--artifact_service_uri", "memory://")
 COMMON = ("--memory_service_uri", "memory://", "--log_level", "warning", "--no_chat")
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def cpu_s(pid: int) -> float:
-    """CPU seconds a process has used, all threads (/proc/PID/task/*/schedstat, in ns)."""
-    total = 0
-    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
-        try:
-            total += int(stat.read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            pass  # a thread that just ended
-    return total / 1e9
 
 
 async def _stamp(

@@ -42,6 +42,7 @@ from typing import Any
 
 import anyio
 import httpx
+from _measure import cpu_s, pct, rss_kb
 from anyio.abc import TaskGroup
 
 from adk_cancel import RunRegistry, SessionKey
@@ -60,29 +61,6 @@ TARGET_P99_FACTOR = 1.3
 TARGET_RSS_RATIO = 1.03
 TARGET_REDIS_P99_MS = 30.0
 FILL_AT_ONCE = 16
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
-def cpu_s(pid: int) -> float:
-    """CPU seconds a process has used, all threads (``/proc/PID/task/*/schedstat``, in ns)."""
-    total = 0
-    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
-        try:
-            total += int(stat.read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            pass
-    return total / 1e9
 
 
 def settle_client() -> None:
