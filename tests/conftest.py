@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from support import SAMPLES, TEST_AGENTS, build_app
@@ -23,6 +24,13 @@ def observed() -> Iterator[list[dict[str, Any]]]:
     OBSERVED.clear()
     yield OBSERVED
     OBSERVED.clear()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    """A client for tests that talk to served apps by URL."""
+    async with httpx.AsyncClient(timeout=30) as client:
+        yield client
 
 
 @pytest.fixture

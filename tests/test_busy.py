@@ -5,12 +5,13 @@ a memory and a SQLite session store. Real uvicorn; every outcome read back from 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from support import until
 from turns import (
     Server,
     assert_well_formed,
@@ -25,7 +26,6 @@ from turns import (
     serve_app,
     start,
     stored,
-    until,
     user_texts,
 )
 
@@ -38,12 +38,6 @@ PAIRS = [("run_sse", "run"), ("run_live", "run_sse"), ("run", "run_live")]
 @pytest.fixture(scope="module", params=["memory", "sqlite"])
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
     yield from serve_app(tmp_path_factory.mktemp(request.param), request.param)
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=30) as client:
-        yield client
 
 
 def leases_left(server: Server) -> int:

@@ -4,12 +4,13 @@ turn knows what it said. On each route, on a memory and a SQLite store."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from support import until
 from turns import (
     Server,
     assert_well_formed,
@@ -22,7 +23,6 @@ from turns import (
     serve_app,
     start,
     stored,
-    until,
 )
 
 pytestmark = pytest.mark.timeout(90)
@@ -31,12 +31,6 @@ pytestmark = pytest.mark.timeout(90)
 @pytest.fixture(scope="module", params=["memory", "sqlite"])
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
     yield from serve_app(tmp_path_factory.mktemp(request.param), request.param)
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=30) as client:
-        yield client
 
 
 # /run's client sees nothing until the end: its words are streamed inside the run, by a

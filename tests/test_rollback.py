@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from google.adk.cli.service_registry import get_service_registry
 from google.adk.errors import StaleSessionError
 from google.adk.sessions.sqlite_session_service import SqliteSessionService
-from support import TEST_AGENTS, session_path, wait_until
+from support import TEST_AGENTS, session_path, until, wait_until
 from turns import (
     ROUTES,
     Server,
@@ -33,7 +33,6 @@ from turns import (
     session,
     start,
     stored,
-    until,
     user_texts,
 )
 
@@ -45,12 +44,6 @@ pytestmark = pytest.mark.timeout(90)
 @pytest.fixture(scope="module", params=["memory", "sqlite"])
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
     yield from serve_app(tmp_path_factory.mktemp(request.param), request.param)
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=30) as client:
-        yield client
 
 
 async def artifacts(http: httpx.AsyncClient, server: Server, sid: str) -> list[str]:

@@ -220,19 +220,6 @@ async def close(turn: Turn) -> None:
         await asyncio.wait({turn.task}, timeout=10)
 
 
-async def until(predicate: Any, timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not met within {timeout} s")
-        await asyncio.sleep(0.005)
-
-
 async def new_session(
     http: httpx.AsyncClient, url: str, state: dict[str, Any] | None = None, app: str = APP
 ) -> str:

@@ -17,7 +17,8 @@ import httpx
 import pytest
 from google.adk.events.event import Event
 from google.adk.sessions.sqlite_session_service import SqliteSessionService
-from turns import APP, assert_well_formed, cancel, kept, new_session, runs, start, until, user_texts
+from support import until
+from turns import APP, assert_well_formed, cancel, kept, new_session, runs, start, user_texts
 
 from adk_cancel.testing import RedisServer, free_port, unanswered_calls
 
@@ -75,12 +76,6 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     result = Pair(redis, workers, workdir / "sessions.db")
     yield result
     result.close()
-
-
-@pytest.fixture
-async def http() -> Any:
-    async with httpx.AsyncClient(timeout=30) as client:
-        yield client
 
 
 def spans(events: list[Event]) -> list[tuple[float, float, str]]:

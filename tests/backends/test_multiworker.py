@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from observations import EVENTS_ENV
-from support import TEST_AGENTS, run_body, session_path
+from support import TEST_AGENTS, run_body, session_path, until
 
 from adk_cancel.testing import RedisServer, ServerProcess, free_port
 
@@ -113,25 +113,6 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     result = start_servers(tmp_path_factory.mktemp("servers"))
     yield result
     result.close()
-
-
-@pytest.fixture
-async def http() -> Any:
-    async with httpx.AsyncClient(timeout=30) as client:
-        yield client
-
-
-async def until(predicate: Any, timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not met within {timeout} s")
-        await asyncio.sleep(0.01)
 
 
 async def new_session(http: httpx.AsyncClient, worker: Worker) -> str:

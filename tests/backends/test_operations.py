@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from observations import EVENTS_ENV
-from support import TEST_AGENTS, group_members, run_body, session_path
+from support import TEST_AGENTS, group_members, run_body, session_path, until
 
 from adk_cancel.testing import RedisServer, ServerProcess, free_port
 
@@ -68,25 +68,6 @@ def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Worker, 
         for worker in pair:
             worker.stop()
         redis.stop()
-
-
-@pytest.fixture
-async def http() -> Any:
-    async with httpx.AsyncClient(timeout=30) as client:
-        yield client
-
-
-async def until(probe: Any, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not met within {timeout} s")
-        await asyncio.sleep(0.01)
 
 
 async def new_session(http: httpx.AsyncClient, worker: Worker, app: str, user: str) -> str:

@@ -7,18 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from support import run_body, session_path
+from support import run_body, session_path, until
 
 from adk_cancel.testing import RedisServer, SseEvent, events_path, free_port, parse_sse
 
 from .backend_helpers import REDIS_SERVER
-from .test_multiworker import Worker, new_session, until
+from .test_multiworker import Worker, new_session
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -63,12 +63,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     result = Cluster(redis, workers)
     yield result
     result.close()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=30) as client:
-        yield client
 
 
 class Reader:
