@@ -24,6 +24,7 @@ import anyio
 from ._busy import replaced_message
 from ._order import CancelOrder
 from ._registry import RunEntry
+from ._response import json_response
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -50,20 +51,11 @@ class EarlyAccept:
 
     @staticmethod
     async def deny(scope: Any, send: Send, status: int, payload: dict[str, Any]) -> None:
-        """Refuse the handshake: an HTTP answer where the server can send one."""
+        """Refuse the handshake: an HTTP answer where the server can send one (the ASGI
+        denial-response extension), else close code 1008 with the detail."""
         if "websocket.http.response" in (scope.get("extensions") or {}):
-            body = json.dumps(payload).encode()
-            await send(
-                {
-                    "type": "websocket.http.response.start",
-                    "status": status,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                    ],
-                }
-            )
-            await send({"type": "websocket.http.response.body", "body": body})
+            for message in json_response(status, payload):
+                await send({**message, "type": "websocket." + message["type"]})
             return
         reason = str(payload.get("detail", ""))
         await send(

@@ -164,18 +164,6 @@ def _key_from_body(body: bytes, default_app: str | None) -> SessionKey | None:
     return SessionKey(app, user, session)
 
 
-async def _deny_ws(scope: Scope, send: Send, refused: _Refused) -> None:
-    """Refuse a websocket before accepting it: an HTTP answer where the server can send one
-    (the ASGI denial-response extension), else close code 1008 with the message."""
-    if "websocket.http.response" in (scope.get("extensions") or {}):
-        for message in json_response(refused.status, {"detail": refused.detail}):
-            message["type"] = "websocket." + message["type"]
-            await send(message)
-        return
-    reason = refused.detail.encode()[:120].decode(errors="ignore")
-    await send({"type": "websocket.close", "code": 1008, "reason": reason})
-
-
 def _left(entry: RunEntry) -> CancelOrder:
     return CancelOrder(entry.key, "client disconnected", cause="disconnect")
 
@@ -402,7 +390,7 @@ class CancelMiddleware:
         try:
             deadlines = self._deadlines(scope)
         except _Refused as refused:
-            await _deny_ws(scope, send, refused)
+            await EarlyAccept.deny(scope, send, refused.status, {"detail": refused.detail})
             return
         if not self.registry.accepting:
             await send(
