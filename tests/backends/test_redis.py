@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import socket
 import sys
 import time
@@ -217,6 +218,35 @@ async def test_a_hanging_redis_answers_within_the_op_timeout(
             assert error is None and elapsed < 1.5
         assert len(outage_warnings(caplog)) == 1
         await node.close()
+
+
+async def test_a_redis_that_stops_answering_mid_run_is_noticed_by_the_writer(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The writer's connection has no socket timeout (it would cost every streamed event a
+    # task): its round trips are bounded by the writer, so a Redis that hangs with its
+    # sockets open is noticed by the next write, with nobody reading.
+    a, b = pair_backends(redis_server.url, op_timeout_s=0.3)
+    node_a = SimpleNode(a)
+    await a.connect(node_a)
+    await b.connect(SimpleNode(b))
+    process = redis_server.process
+    assert process is not None
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        process.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            run = node_a.start_run(KEY)  # its announcement is the write that hangs
+            await eventually(lambda: _async(bool(outage_warnings(caplog))), timeout=3)
+            assert time.monotonic() - started < 2.0
+        finally:
+            process.send_signal(signal.SIGCONT)
+        await eventually(lambda: _async(a.connected), timeout=5)
+        assert [r.run_id for r in await eventually(lambda: b.list_remote(KEY))] == [run.run_id]
+    await node_a.close()
+    await a.disconnect()
+    await b.disconnect()
+    assert await our_tasks() == []
 
 
 async def test_disconnect_forgets_this_node_and_ends_every_task(

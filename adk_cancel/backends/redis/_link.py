@@ -94,7 +94,7 @@ class Link:
         self.keys = keys
         self.node = node
         self.state = State.IDLE
-        self.writer = Writer(keys, node.node_id, max(1, int(announce_ttl_s * 1000)))
+        self.writer = Writer(keys, node.node_id, max(1, int(announce_ttl_s * 1000)), op_timeout_s)
         self._heartbeat_s = announce_ttl_s / 3
         self._op_timeout_s = op_timeout_s
         self._reconnect_interval_s = reconnect_interval_s
@@ -104,6 +104,7 @@ class Link:
         """Why Redis is unreachable (logged once per outage); None while it is reachable."""
         self._client: Redis | None = None
         self._sub_client: Redis | None = None
+        self._write_client: Redis | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._owner: asyncio.Task[None] | None = None
         self._life = anyio.CancelScope()
@@ -145,6 +146,14 @@ class Link:
         self._sub_client = Redis.from_url(
             self.url, retry=Retry(NoBackoff(), 0), **{**common, "socket_timeout": None}
         )
+        # The writer's: no socket timeout either, its round trips are bounded by the writer
+        # (see Writer.serve: the hot path of every streamed event of a rejoinable run).
+        self._write_client = Redis.from_url(
+            self.url,
+            decode_responses=True,
+            retry=Retry(NoBackoff(), 0),
+            **{**common, "socket_timeout": None},
+        )
         self.state = State.DOWN
         try:
             # Startup must not fail because Redis is down: the attempt logs, the owner retries.
@@ -181,11 +190,11 @@ class Link:
         self.state = State.IDLE
 
     async def _close_clients(self) -> None:
-        for client in (self._client, self._sub_client):
+        for client in (self._client, self._sub_client, self._write_client):
             if client is not None:
                 with contextlib.suppress(*FAILURES):
                     await client.aclose()
-        self._client = self._sub_client = None
+        self._client = self._sub_client = self._write_client = None
 
     # -- the owner task ---------------------------------------------------------------------
 
@@ -227,6 +236,8 @@ class Link:
         try:
             # Connections pooled before an outage point at a server that is gone.
             await client.connection_pool.disconnect()
+            if self._write_client is not None:
+                await self._write_client.connection_pool.disconnect()
             await client.ping()
             try:
                 # Bounded here: this connection has no read timeout (see start()).
@@ -279,7 +290,10 @@ class Link:
     async def _write(self) -> None:
         while True:
             try:
-                await self.writer.serve(self.client, self.node, self._heartbeat_s)
+                client = self._write_client
+                if client is None:
+                    raise not_connected(self.display_url)
+                await self.writer.serve(client, self.node, self._heartbeat_s)
             except FAILURES as exc:
                 self.mark_down(exc)
                 return

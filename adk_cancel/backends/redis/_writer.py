@@ -10,11 +10,12 @@ trip that fails (Redis unreachable, not answering) stops the loop, for the link 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,6 +23,7 @@ import anyio
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..._models import RunInfo, SessionKey
 from ..._stream import RunStream, StreamWrite
@@ -71,10 +73,11 @@ class _Staged:
 class Writer:
     """The write queue of one connected process, and what Redis holds of its runs."""
 
-    def __init__(self, keys: KeyLayout, node_id: str, ttl_ms: int) -> None:
+    def __init__(self, keys: KeyLayout, node_id: str, ttl_ms: int, op_timeout_s: float) -> None:
         self.keys = keys
         self.node_id = node_id
         self.ttl_ms = ttl_ms
+        self.op_timeout_s = op_timeout_s
         self.queue: asyncio.Queue[Op] = asyncio.Queue()
         self.published: dict[str, tuple[Location, ...]] = {}
         """run_id -> its entries as last written, to remove what a lost withdraw left. Changed
@@ -94,13 +97,20 @@ class Writer:
 
     async def serve(self, client: Redis, node: LocalNode, interval_s: float) -> None:
         """Write batches as they are queued and a heartbeat every ``interval_s``, until
-        cancelled; raises what failed a round trip."""
+        cancelled; raises what failed a round trip.
+
+        ``client`` should have no ``socket_timeout``: with one, redis-py sends each pipeline
+        from a task of its own (``asyncio.wait_for``), which starts only after every other
+        task the event woke (the run's own client, its followers here): 2 ms on a busy
+        worker, before a follower on another worker can see the event. Each round trip is
+        bounded here instead."""
         loop = asyncio.get_running_loop()
         next_beat = loop.time() + interval_s
         while True:
             wait_s = next_beat - loop.time()
             if wait_s <= 0:
-                await self.write_snapshot(client, node.all_runs_here(), node.streams_here())
+                with self._bounded():
+                    await self.write_snapshot(client, node.all_runs_here(), node.streams_here())
                 next_beat = loop.time() + interval_s
                 continue
             first: Op | None = None
@@ -108,10 +118,13 @@ class Writer:
                 first = await self.queue.get()
             if first is None:
                 continue
-            # One loop turn for the writes of the same burst (a cancel marks its run
-            # "cancelling", then the run ends and is withdrawn) to share one round trip.
-            await asyncio.sleep(0)
-            if first.events is not None:
+            if first.events is None:
+                # One loop turn for the writes of the same burst (a cancel marks its run
+                # "cancelling", then the run ends and is withdrawn) to share one round trip.
+                await asyncio.sleep(0)
+            else:
+                # An event goes out before the local clients' sends of it (they wait behind
+                # this task): a follower on another worker is as close behind as it can be.
                 # A fast stream's events share round trips: one per EVENTS_EVERY_S at most
                 # (a round trip costs the worker some 100-300 us of CPU; an event, ~1 ms).
                 linger = self._events_written + EVENTS_EVERY_S - loop.time()
@@ -120,9 +133,18 @@ class Writer:
             batch = [first]
             while not self.queue.empty():
                 batch.append(self.queue.get_nowait())
-            await self.write_batch(client, batch)
+            with self._bounded():
+                await self.write_batch(client, batch)
             if first.events is not None:
                 self._events_written = loop.time()
+
+    @contextlib.contextmanager
+    def _bounded(self) -> Iterator[None]:
+        try:
+            with anyio.fail_after(self.op_timeout_s):
+                yield
+        except TimeoutError as exc:
+            raise RedisTimeoutError(f"no answer within {self.op_timeout_s:g} s") from exc
 
     async def write_batch(self, client: Redis, batch: Iterable[Op]) -> None:
         async with client.pipeline(transaction=False) as pipe:
