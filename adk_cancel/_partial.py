@@ -89,6 +89,8 @@ class StreamedText:
             for e in self._events
         ]
         for raw in self._sent:
+            if isinstance(raw, bytes) and raw.startswith(b"data: "):
+                raw = raw[6:]
             try:
                 event = json.loads(raw)
             except ValueError:
@@ -134,6 +136,12 @@ class StreamedText:
             self._events.clear()
 
     def _sse(self, body: bytes) -> None:
+        if not self._pending and body.endswith(b"\n\n") and _PARTIAL in body:
+            # ADK's usual chunk: one whole partial event (a second event would be a complete
+            # one, with content: it is sorted below). Kept as sent, its "data: " included.
+            if body.count(b"\n\n") == 1 and body.startswith(b"data: "):
+                self._sent.append(body)
+                return
         data = self._pending + body if self._pending else body
         *blocks, self._pending = data.split(b"\n\n")
         for block in blocks:

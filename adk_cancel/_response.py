@@ -100,8 +100,19 @@ class Response:
         self.ws_closed = False
 
     async def send(self, message: Message) -> None:
-        kind = message["type"]
         entry = self.entry
+        if (
+            message.get("more_body", False)
+            and entry.cancel_order is None
+            and message["type"] == "http.response.body"
+        ):
+            # A streamed event of a run going on: this path is taken a thousand times a
+            # run, the one below a few times.
+            for tap in entry.output_taps:
+                tap(message)
+            await self._send(message)
+            return
+        kind = message["type"]
         if kind == "http.response.start":
             self.started = True
             entry.http_status = message.get("status")

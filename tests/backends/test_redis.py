@@ -494,6 +494,43 @@ async def test_a_write_redis_refuses_is_dropped_alone_and_logged_once(
         await b.disconnect()
 
 
+async def test_a_heartbeat_rewrites_no_run_yet_brings_back_what_redis_lost(
+    redis_server: RedisServer,
+) -> None:
+    from redis.asyncio import Redis
+
+    a, b = pair_backends(redis_server.url, announce_ttl_s=0.6)  # a heartbeat every 0.2 s
+    node_a = SimpleNode(a)
+    raw = Redis.from_url(redis_server.url, decode_responses=True)
+
+    async def hsets() -> int:
+        stats = await raw.info("commandstats")
+        return int(stats.get("cmdstat_hset", {}).get("calls", 0))
+
+    try:
+        await a.connect(node_a)
+        await b.connect(SimpleNode(b))
+        runs = {node_a.start_run(KEY._replace(session_id=f"s{i}")).run_id for i in range(20)}
+        for i in range(20):
+            await eventually(lambda i=i: b.list_remote(KEY._replace(session_id=f"s{i}")))
+        written = await hsets()
+        await asyncio.sleep(1.3)  # six heartbeats, each past the 0.6 s the hashes live
+        assert await hsets() == written  # expiries refreshed, nothing rewritten
+        [listed] = await b.list_remote(KEY._replace(session_id="s7"))
+        assert listed.run_id in runs
+        # Redis loses every key with the connections open (FLUSHALL, an eviction): no
+        # outage, no reconnect; the next heartbeat finds the hashes gone and rewrites all.
+        await raw.flushall()
+        for i in range(20):
+            await eventually(lambda i=i: b.list_remote(KEY._replace(session_id=f"s{i}")))
+        assert a.connected
+    finally:
+        await raw.aclose()
+        await node_a.close()
+        await a.disconnect()
+        await b.disconnect()
+
+
 # -- cancellation -----------------------------------------------------------------------------
 
 

@@ -39,7 +39,10 @@ EVENTS_EVERY_S = 0.005
 waits for the next one (followers on other workers see it up to this much later)."""
 
 SNAPSHOT_RUNS = 100
-"""Runs per pipeline of a heartbeat (see ``Writer.write_snapshot``)."""
+"""Runs per pipeline of a snapshot (see ``Writer.write_snapshot``)."""
+
+HEARTBEAT_KEYS = 500
+"""Expiries refreshed per pipeline of a heartbeat (see ``Writer.write_heartbeat``)."""
 
 Location = tuple[str, str]
 """Where a run's entry is: (hash key, field)."""
@@ -110,7 +113,7 @@ class Writer:
             wait_s = next_beat - loop.time()
             if wait_s <= 0:
                 with self._bounded():
-                    await self.write_snapshot(client, node.all_runs_here(), node.streams_here())
+                    await self.write_heartbeat(client, node)
                 next_beat = loop.time() + interval_s
                 continue
             first: Op | None = None
@@ -163,11 +166,54 @@ class Writer:
                 else:
                     self.published[run_id] = item.locations
 
+    async def write_heartbeat(self, client: Redis, node: LocalNode) -> None:
+        """Every ``interval_s``: this node's key, and the expiry of each hash and event log
+        that holds its runs, refreshed; then the snapshot, only if Redis turns out to lack
+        one of those hashes (evicted, flushed) or refused a run's write.
+
+        A run is written when it changes (``announce``), and everything again by the
+        snapshot after a reconnect: a write lost in between fails its round trip, which is
+        an outage, which ends in that snapshot. So a heartbeat rewrites no run. Rewriting
+        them all (a JSON document and four commands per run) took a worker with a thousand
+        waiting runs some 250 ms every few seconds, and a cancel that arrived meanwhile
+        waited for a chunk of it; a refresh costs one command per session, packed in
+        pipelines of ``HEARTBEAT_KEYS``."""
+        if self._refused:
+            await self.write_snapshot(client, node.all_runs_here(), node.streams_here())
+            return
+        hashes = list({hash_key for held in self.published.values() for hash_key, _ in held})
+        lacking = False
+        for start in range(0, max(len(hashes), 1), HEARTBEAT_KEYS):
+            stream_commands = 0
+            async with client.pipeline(transaction=False) as pipe:
+                if start == 0:
+                    self._set_node_key(pipe)
+                    stream_commands = self.streams.snapshot(pipe, node.streams_here())
+                for hash_key in hashes[start : start + HEARTBEAT_KEYS]:
+                    pipe.pexpire(hash_key, self.ttl_ms)
+                results = await pipe.execute(raise_on_error=False)
+            if start == 0:
+                if isinstance(results[0], Exception):
+                    raise results[0]  # without its node key this process looks dead
+                self.streams.check(results[1 : 1 + stream_commands])
+                results = results[1 + stream_commands :]
+            lacking = lacking or not all(result == 1 for result in results)
+        if lacking:
+            await self.write_snapshot(client, node.all_runs_here(), node.streams_here())
+
+    def _set_node_key(self, pipe: Pipeline) -> None:
+        pipe.set(
+            self.keys.node(self.node_id),
+            json.dumps({"host": socket.gethostname(), "pid": os.getpid()}),
+            px=self.ttl_ms,
+        )
+
     async def write_snapshot(
         self, client: Redis, runs: list[RunInfo], streams: Sequence[RunStream] = ()
     ) -> None:
-        """The heartbeat: the node key, every local run as the registry has it now, and the
-        event logs (written again where Redis lacks them, after an outage).
+        """The snapshot (after a reconnect, or a heartbeat that found keys lacking): the
+        node key, every local run as the registry has it now, and the event logs (written
+        again where Redis lacks them).
 
         The runs go in pipelines of ``SNAPSHOT_RUNS`` each: one pipeline of a thousand runs
         kept the event loop busy for tens of milliseconds (packing the commands, then reading
@@ -180,11 +226,7 @@ class Writer:
             stream_commands = 0
             async with client.pipeline(transaction=False) as pipe:
                 if first:
-                    pipe.set(
-                        self.keys.node(self.node_id),
-                        json.dumps({"host": socket.gethostname(), "pid": os.getpid()}),
-                        px=self.ttl_ms,
-                    )
+                    self._set_node_key(pipe)
                     # Before the runs: a follower that finds a run listed finds its log too.
                     stream_commands = self.streams.snapshot(pipe, streams)
                 staged = [
