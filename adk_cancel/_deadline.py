@@ -39,7 +39,7 @@ class BadDeadline(ValueError):
     """A deadline header that is not a number of seconds > 0 (answered 422)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Deadlines:
     """One run's limits, in seconds (None: none)."""
 

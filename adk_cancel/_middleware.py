@@ -285,10 +285,12 @@ class CancelMiddleware:
             # and Starlette's StreamingResponse get the body once and then nothing, so a
             # disconnect is a cancel like any other (abort first), never ADK's instant
             # task cancel that can interrupt a session commit half-way.
-            nonlocal body_sent
+            nonlocal body_sent, body
             if not body_sent:
                 body_sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
+                # Not kept for the run's life (a message with an image is megabytes).
+                message, body = {"type": "http.request", "body": body, "more_body": False}, b""
+                return message
             # A bare future: nothing to schedule for a run that waits for hours.
             await asyncio.get_running_loop().create_future()
             raise AssertionError("unreachable")

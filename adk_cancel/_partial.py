@@ -62,6 +62,8 @@ class StreamedText:
     parsed only if it may carry content (which starts the text afresh).
     """
 
+    __slots__ = ("_events", "_pending", "_sent", "written")
+
     def __init__(self) -> None:
         self._sent: list[bytes | str] = []
         """The partial events sent since the last complete one, as JSON."""

@@ -90,6 +90,8 @@ def json_response(status: int, payload: Any, *extra: tuple[bytes, bytes]) -> lis
 class Response:
     """Per-request record of what the app has sent, so adk-cancel never sends twice."""
 
+    __slots__ = ("_send", "cancel_event_sent", "ended", "entry", "sse", "started", "ws_closed")
+
     def __init__(self, entry: RunEntry, send: Send) -> None:
         self.entry = entry
         self._send = send

@@ -79,6 +79,19 @@ def fell_behind(error: StreamGap, sent: int) -> bytes:
 class RunOutput:
     """Per request: what the app sends the run's client, on its way to the server."""
 
+    __slots__ = (
+        "_answer",
+        "_done",
+        "_last_id",
+        "_send",
+        "_sent",
+        "_stalled",
+        "_status",
+        "entry",
+        "sse",
+        "stream",
+    )
+
     def __init__(self, entry: RunEntry, send: Send, stream: RunStream | None) -> None:
         self.entry = entry
         self.stream = stream

@@ -18,7 +18,9 @@ anything about a 2 % cost.
 By default adk-cancel runs with ``--no_gc_freeze`` (plain ADK's collector is left as it is,
 and a frozen heap would make ours look cheaper); ``--as-shipped`` keeps the CLI's default.
 ``--pin`` runs both servers on the last CPU and this client on the others, so the servers
-never share a core with the client's reads.
+never share a core with the client's reads. ``--control`` adds a second plain ADK server to
+the rotation and prints its ratio to the first: what this machine's noise and a server's
+place in the order make of two identical servers.
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ async def rounds(servers: dict[str, ServerProcess], n: int, events: int) -> dict
             for _ in range(3):
                 await stream(client, server.url, events)
         for i in range(n):
-            order = names if i % 2 == 0 else names[::-1]
+            order = names[i % len(names) :] + names[: i % len(names)]
+            order = order if i // len(names) % 2 == 0 else order[::-1]
             for name in order:
                 server = servers[name]
                 before = cpu_s(server.pid)
@@ -83,6 +86,9 @@ def main() -> None:
     parser.add_argument(
         "--pin", action="store_true", help="servers on the last CPU, this client on the rest"
     )
+    parser.add_argument(
+        "--control", action="store_true", help="a second plain ADK server, as a noise floor"
+    )
     args = parser.parse_args()
 
     cpus = sorted(os.sched_getaffinity(0))
@@ -95,6 +101,10 @@ def main() -> None:
             "plain ADK": ServerProcess(samples, *SERVICES, log_path=logs / "plain.log", plain=True),
             "adk-cancel": ServerProcess(samples, *ours, log_path=logs / "ours.log"),
         }
+        if args.control:
+            servers["plain again"] = ServerProcess(
+                samples, *SERVICES, log_path=logs / "plain2.log", plain=True
+            )
         try:
             for server in servers.values():
                 server.start(wait=False)
@@ -129,6 +139,13 @@ def main() -> None:
         f"(quartiles {q[0]:.3f}-{q[2]:.3f}); target <= {TARGET_RATIO}: "
         + ("ok" if ok else "MISSED")
     )
+    if args.control:
+        again = per_event["plain again"]
+        control = [a / p for a, p in zip(again, plain, strict=True)]
+        print(
+            f"control, plain again / plain: median {statistics.median(control):.3f}, ratio of "
+            f"minimums {min(again) / min(plain):.3f}; spread {min(control):.3f}-{max(control):.3f}"
+        )
 
 
 if __name__ == "__main__":
