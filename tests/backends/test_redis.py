@@ -249,6 +249,31 @@ async def test_a_redis_that_stops_answering_mid_run_is_noticed_by_the_writer(
     assert await our_tasks() == []
 
 
+async def test_a_busy_event_loop_is_no_outage(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A run that keeps the loop busy past the op timeout (a model streaming from memory
+    # never yields) delays the writer's answer: that is the loop's time, not Redis's.
+    a, b = pair_backends(redis_server.url, op_timeout_s=0.3)
+    node_a = SimpleNode(a)
+    await a.connect(node_a)
+    await b.connect(SimpleNode(b))
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        for i in range(3):
+            run = node_a.start_run(KEY._replace(session_id=f"busy{i}"))
+            for _ in range(3):
+                await asyncio.sleep(0)  # the writer sends, then waits for the answer
+            time.sleep(1.0)  # the point: a loop that does not yield
+            [listed] = await eventually(
+                lambda i=i: b.list_remote(KEY._replace(session_id=f"busy{i}"))
+            )
+            assert listed.run_id == run.run_id
+        assert outage_warnings(caplog) == [] and a.connected
+    await node_a.close()
+    await a.disconnect()
+    await b.disconnect()
+
+
 async def test_disconnect_forgets_this_node_and_ends_every_task(
     redis_server: RedisServer,
 ) -> None:

@@ -236,9 +236,13 @@ class Link:
         try:
             # Connections pooled before an outage point at a server that is gone.
             await client.connection_pool.disconnect()
-            if self._write_client is not None:
-                await self._write_client.connection_pool.disconnect()
             await client.ping()
+            if self._write_client is not None:
+                # Connected now, not by the first write: that may come while a run keeps
+                # the loop busy past the connect timeout.
+                await self._write_client.connection_pool.disconnect()
+                with anyio.fail_after(self._op_timeout_s):
+                    await self._write_client.ping()
             try:
                 # Bounded here: this connection has no read timeout (see start()).
                 with anyio.fail_after(self._op_timeout_s):
