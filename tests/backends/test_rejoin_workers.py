@@ -147,6 +147,35 @@ async def test_a_run_is_followed_through_the_other_worker(
     assert (await http.get(b.url + events_path(sid, "nope"))).status_code == 404
 
 
+async def test_a_fast_run_reaches_redis_in_a_few_commands_and_in_order(
+    cluster: Cluster, http: httpx.AsyncClient
+) -> None:
+    # A run that streams 30 events with no pause: its events are written a batch per round
+    # trip, one command per batch (not one per event), and a follower through b reads
+    # every one, in order, once.
+    from redis.asyncio import Redis
+
+    a, b = cluster.a, cluster.b
+    raw = Redis.from_url(cluster.redis.url, decode_responses=True)
+    try:
+        before = await raw.info("commandstats")
+        sid = await new_session(http, a)
+        direct = await start(http, a, sid, "fast 30").task  # type: ignore[attr-defined]
+        assert direct.ids == list(range(1, 32))
+        through_b = await follow(http, b, sid, direct.run_id)
+        assert through_b.text == direct.text
+        after = await raw.info("commandstats")
+    finally:
+        await raw.aclose()
+
+    def calls(stats: dict[str, Any], command: str) -> int:
+        return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+    # Redis counts the script's own XADDs: each of the 31 events and the end, once.
+    assert calls(after, "xadd") - calls(before, "xadd") == 32
+    assert 1 <= calls(after, "eval") - calls(before, "eval") <= 16
+
+
 async def _detached(http: httpx.AsyncClient, worker: Worker, sid: str) -> list[dict[str, Any]]:
     answer = await http.get(worker.url + session_path(sid) + "/runs")
     return [r for r in answer.json()["runs"] if r["detached"]]

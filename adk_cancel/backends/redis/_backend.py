@@ -158,7 +158,7 @@ class RedisBackend:
 
     def publish_events(self, write: StreamWrite) -> None:
         if self._link is not None:
-            self._link.submit(Op("events", events=write))
+            self._link.submit(Op("events", events=(write,)))
 
     def save_record(self, record: RunInfo, keep: int, ttl_s: float) -> None:
         # Queued like an announcement; a record of a run that ends while Redis is down stays

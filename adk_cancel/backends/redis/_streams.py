@@ -1,17 +1,19 @@
 """Rejoinable runs' event logs in Redis Streams, so a client can follow a run through any
 worker.
 
-The worker holding a run writes each event as it is sent (``XADD`` with the event's own id,
-``0-N``, and ``MAXLEN`` = the number of events the worker's own log keeps, so Redis holds the
-same window, bounded in events and bytes alike), then an end marker (``0-{last+1}``, field
-``end``) with the expiry ``stream_keep_s``. While the run goes on, the key's expiry is the
-announce TTL, refreshed by the heartbeat: the log of a worker that crashed vanishes as its
-run listing does. A follower on another worker reads with ``XREAD BLOCK`` from its last id.
+The worker holding a run writes its events as they are sent, those of one round trip in
+one command: a script (``RESYNC``) that adds each entry past the stream's newest, with the
+event's own id (``0-N``) and ``MAXLEN`` = the number of events the worker's own log keeps (so
+Redis holds the same window, bounded in events and bytes alike), then the end marker
+(``0-{last+1}``, field ``end``), and sets the expiry: the announce TTL while the run goes on,
+refreshed by the heartbeat (the log of a worker that crashed vanishes as its run listing
+does), ``stream_keep_s`` once it ended. A follower on another worker reads with ``XREAD
+BLOCK`` from its last id.
 
 The worker's own log stays the reference: when Redis comes back after an outage (or a
 restart that lost every key), the snapshot the backend writes on reconnecting writes each log
-again, as far as Redis lacks it (a script adds only the entries past Redis's newest), so
-followers resume with nothing missed and nothing twice.
+again, as far as Redis lacks it (the same script), so followers resume with nothing missed
+and nothing twice.
 
 Keys: ``{prefix}:events:{app}/{user}/{session}/{run_id}``, a stream; entries ``d`` (the SSE
 event as sent, bytes) or ``end``.
@@ -85,22 +87,27 @@ class StreamLog:
     def forget(self) -> None:
         self.tops.clear()
 
-    def commands(self, write: StreamWrite) -> list[Command]:
-        """The commands of one change (none if Redis already has it)."""
-        k = events_key(self.keys, write.key, write.run_id)
+    def commands(self, writes: Sequence[StreamWrite]) -> list[Command]:
+        """The command of a batch of changes to one log: the script that also writes a log
+        again after an outage (``RESYNC``), given the events and the end (none if Redis has
+        them already: the snapshot that followed a reconnect wrote them)."""
+        first = writes[0]
+        k = events_key(self.keys, first.key, first.run_id)
         top = self.tops.get(k)
-        if top is not None and write.seq <= top:
-            return []  # written by the snapshot that followed a reconnect
-        self.tops[k] = write.seq
-        if write.end:
-            return [
-                ("XADD", k, "MAXLEN", "=", write.kept + 1, f"0-{write.seq}", "end", "1"),
-                ("PEXPIRE", k, write.keep_ms),
-            ]
-        xadd: Command = ("XADD", k, "MAXLEN", "=", write.kept, f"0-{write.seq}", "d", write.data)
-        if top is None:
-            return [xadd, ("PEXPIRE", k, self.ttl_ms)]
-        return [xadd]
+        fresh = [w for w in writes if top is None or w.seq > top]
+        if not fresh:
+            return []
+        last = fresh[-1]
+        self.tops[k] = last.seq
+        args: list[Any] = [
+            last.keep_ms if last.end else self.ttl_ms,
+            max(1, last.kept),
+            last.seq if last.end else 0,
+        ]
+        for write in fresh:
+            if not write.end:
+                args += [write.seq, write.data]
+        return [("EVAL", RESYNC, 1, k, *args)]
 
     def snapshot(self, pipe: Pipeline, streams: Sequence[RunStream]) -> int:
         """Queue the heartbeat's part: refresh the expiry of each active log Redis is up to
