@@ -34,9 +34,11 @@ from ._wire import dump
 
 logger = logging.getLogger(__package__)
 
-EVENTS_EVERY_S = 0.005
+EVENTS_EVERY_S = 0.02
 """Events are written at most this often: an event within this long of the previous write
-waits for the next one (followers on other workers see it up to this much later)."""
+waits for the next one (followers on other workers see it up to this much later). Only a
+stream faster than 50 events a second waits: a model's tokens come further apart, so their
+followers get each one at once."""
 
 SNAPSHOT_RUNS = 100
 """Runs per pipeline of a snapshot (see ``Writer.write_snapshot``)."""
@@ -130,7 +132,7 @@ class Writer:
                 # An event goes out before the local clients' sends of it (they wait behind
                 # this task): a follower on another worker is as close behind as it can be.
                 # A fast stream's events share round trips: one per EVENTS_EVERY_S at most
-                # (a round trip costs the worker some 100-300 us of CPU; an event, ~1 ms).
+                # (a round trip costs the worker some 150-300 us of CPU; an event, ~1 ms).
                 linger = self._events_written + EVENTS_EVERY_S - loop.time()
                 if linger > 0:
                     await asyncio.sleep(linger)
