@@ -7,12 +7,14 @@ on the same port, empty) and real ``SimpleNode`` registries.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import socket
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -40,6 +42,23 @@ def pair_backends(url: str, **options: float) -> tuple[RedisBackend, RedisBacken
         RedisBackend(url, key_prefix=prefix, **options),
         RedisBackend(url, key_prefix=prefix, **options),
     )
+
+
+@contextlib.asynccontextmanager
+async def connected_pair(
+    url: str, **options: float
+) -> AsyncIterator[tuple[RedisBackend, SimpleNode, RedisBackend]]:
+    """Two connected backends of one cluster, A with a node holding runs; B to look."""
+    a, b = pair_backends(url, **options)
+    node_a = SimpleNode(a)
+    await a.connect(node_a)
+    await b.connect(SimpleNode(b))
+    try:
+        yield a, node_a, b
+    finally:
+        await node_a.close()
+        await a.disconnect()
+        await b.disconnect()
 
 
 def outage_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
@@ -226,26 +245,21 @@ async def test_a_redis_that_stops_answering_mid_run_is_noticed_by_the_writer(
     # The writer's connection has no socket timeout (it would cost every streamed event a
     # task): its round trips are bounded by the writer, so a Redis that hangs with its
     # sockets open is noticed by the next write, with nobody reading.
-    a, b = pair_backends(redis_server.url, op_timeout_s=0.3)
-    node_a = SimpleNode(a)
-    await a.connect(node_a)
-    await b.connect(SimpleNode(b))
     process = redis_server.process
     assert process is not None
-    with caplog.at_level(logging.WARNING, logger=LOGGER):
-        process.send_signal(signal.SIGSTOP)
-        try:
-            started = time.monotonic()
-            run = node_a.start_run(KEY)  # its announcement is the write that hangs
-            await eventually(lambda: _async(bool(outage_warnings(caplog))), timeout=3)
-            assert time.monotonic() - started < 2.0
-        finally:
-            process.send_signal(signal.SIGCONT)
-        await eventually(lambda: _async(a.connected), timeout=5)
-        assert [r.run_id for r in await eventually(lambda: b.list_remote(KEY))] == [run.run_id]
-    await node_a.close()
-    await a.disconnect()
-    await b.disconnect()
+    async with connected_pair(redis_server.url, op_timeout_s=0.3) as (a, node_a, b):
+        with caplog.at_level(logging.WARNING, logger=LOGGER):
+            process.send_signal(signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                run = node_a.start_run(KEY)  # its announcement is the write that hangs
+                await eventually(lambda: _async(bool(outage_warnings(caplog))), timeout=3)
+                assert time.monotonic() - started < 2.0
+            finally:
+                process.send_signal(signal.SIGCONT)
+            await eventually(lambda: _async(a.connected), timeout=5)
+            listed = await eventually(lambda: b.list_remote(KEY))
+            assert [r.run_id for r in listed] == [run.run_id]
     assert await our_tasks() == []
 
 
@@ -254,24 +268,18 @@ async def test_a_busy_event_loop_is_no_outage(
 ) -> None:
     # A run that keeps the loop busy past the op timeout (a model streaming from memory
     # never yields) delays the writer's answer: that is the loop's time, not Redis's.
-    a, b = pair_backends(redis_server.url, op_timeout_s=0.3)
-    node_a = SimpleNode(a)
-    await a.connect(node_a)
-    await b.connect(SimpleNode(b))
-    with caplog.at_level(logging.WARNING, logger=LOGGER):
-        for i in range(3):
-            run = node_a.start_run(KEY._replace(session_id=f"busy{i}"))
-            for _ in range(3):
-                await asyncio.sleep(0)  # the writer sends, then waits for the answer
-            time.sleep(1.0)  # the point: a loop that does not yield
-            [listed] = await eventually(
-                lambda i=i: b.list_remote(KEY._replace(session_id=f"busy{i}"))
-            )
-            assert listed.run_id == run.run_id
-        assert outage_warnings(caplog) == [] and a.connected
-    await node_a.close()
-    await a.disconnect()
-    await b.disconnect()
+    async with connected_pair(redis_server.url, op_timeout_s=0.3) as (a, node_a, b):
+        with caplog.at_level(logging.WARNING, logger=LOGGER):
+            for i in range(3):
+                run = node_a.start_run(KEY._replace(session_id=f"busy{i}"))
+                for _ in range(3):
+                    await asyncio.sleep(0)  # the writer sends, then waits for the answer
+                time.sleep(1.0)  # the point: a loop that does not yield
+                [listed] = await eventually(
+                    lambda i=i: b.list_remote(KEY._replace(session_id=f"busy{i}"))
+                )
+                assert listed.run_id == run.run_id
+            assert outage_warnings(caplog) == [] and a.connected
 
 
 async def test_disconnect_forgets_this_node_and_ends_every_task(
@@ -524,36 +532,32 @@ async def test_a_heartbeat_rewrites_no_run_yet_brings_back_what_redis_lost(
 ) -> None:
     from redis.asyncio import Redis
 
-    a, b = pair_backends(redis_server.url, announce_ttl_s=0.6)  # a heartbeat every 0.2 s
-    node_a = SimpleNode(a)
     raw = Redis.from_url(redis_server.url, decode_responses=True)
 
     async def hsets() -> int:
         stats = await raw.info("commandstats")
         return int(stats.get("cmdstat_hset", {}).get("calls", 0))
 
-    try:
-        await a.connect(node_a)
-        await b.connect(SimpleNode(b))
-        runs = {node_a.start_run(KEY._replace(session_id=f"s{i}")).run_id for i in range(20)}
-        for i in range(20):
-            await eventually(lambda i=i: b.list_remote(KEY._replace(session_id=f"s{i}")))
-        written = await hsets()
-        await asyncio.sleep(1.3)  # six heartbeats, each past the 0.6 s the hashes live
-        assert await hsets() == written  # expiries refreshed, nothing rewritten
-        [listed] = await b.list_remote(KEY._replace(session_id="s7"))
-        assert listed.run_id in runs
-        # Redis loses every key with the connections open (FLUSHALL, an eviction): no
-        # outage, no reconnect; the next heartbeat finds the hashes gone and rewrites all.
-        await raw.flushall()
-        for i in range(20):
-            await eventually(lambda i=i: b.list_remote(KEY._replace(session_id=f"s{i}")))
-        assert a.connected
-    finally:
-        await raw.aclose()
-        await node_a.close()
-        await a.disconnect()
-        await b.disconnect()
+    # A heartbeat every 0.2 s.
+    async with connected_pair(redis_server.url, announce_ttl_s=0.6) as (a, node_a, b):
+        try:
+            sessions = [KEY._replace(session_id=f"s{i}") for i in range(20)]
+            runs = {node_a.start_run(key).run_id for key in sessions}
+            for key in sessions:
+                await eventually(lambda key=key: b.list_remote(key))
+            written = await hsets()
+            await asyncio.sleep(1.3)  # six heartbeats, each past the 0.6 s the hashes live
+            assert await hsets() == written  # expiries refreshed, nothing rewritten
+            [listed] = await b.list_remote(sessions[7])
+            assert listed.run_id in runs
+            # Redis loses every key with the connections open (FLUSHALL, an eviction): no
+            # outage, no reconnect; the next heartbeat finds the hashes gone, rewrites all.
+            await raw.flushall()
+            for key in sessions:
+                await eventually(lambda key=key: b.list_remote(key))
+            assert a.connected
+        finally:
+            await raw.aclose()
 
 
 # -- cancellation -----------------------------------------------------------------------------
