@@ -195,27 +195,46 @@ class Writer:
 
     async def write_heartbeat(self, client: Redis, node: LocalNode) -> None:
         """Every ``interval_s``: this node's key, and the expiry of each hash and event log
-        that holds its runs, refreshed; then the snapshot, only if Redis turns out to lack
-        one of those hashes (evicted, flushed) or refused a run's write.
+        that holds its runs, refreshed; the runs that Redis lists but this process no longer
+        holds removed, and those it holds but Redis does not list written (a write the
+        queue lost to a burst of outages, reconnects and ends); then the snapshot, only if
+        Redis turns out to lack one of the hashes (evicted, flushed) or refused a write.
 
-        A run is written when it changes (``announce``), and everything again by the
-        snapshot after a reconnect: a write lost in between fails its round trip, which is
-        an outage, which ends in that snapshot. So a heartbeat rewrites no run. Rewriting
-        them all (a JSON document and four commands per run) took a worker with a thousand
-        waiting runs some 250 ms every few seconds, and a cancel that arrived meanwhile
-        waited for a chunk of it; a refresh costs one command per session, packed in
-        pipelines of ``HEARTBEAT_KEYS``."""
+        A run is written when it changes (``announce``), so a heartbeat rewrites no run that
+        Redis lists. Rewriting them all (a JSON document and four commands per run) took a
+        worker with a thousand waiting runs some 250 ms every few seconds, and a cancel that
+        arrived meanwhile waited for a chunk of it; a refresh costs one command per session,
+        packed in pipelines of ``HEARTBEAT_KEYS``."""
+        runs = node.all_runs_here()
         if self._refused:
-            await self.write_snapshot(client, node.all_runs_here(), node.streams_here())
+            await self.write_snapshot(client, runs, node.streams_here())
             return
-        hashes = list({hash_key for held in self.published.values() for hash_key, _ in held})
+        held = {run.run_id for run in runs}
+        stale = [run_id for run_id in self.published if run_id not in held]
+        unlisted = [run for run in runs if run.run_id not in self.published]
+        gone = set(stale)  # their hashes may go with them: no expiry to refresh there
+        hashes = list(
+            {
+                hash_key
+                for run_id, locations in self.published.items()
+                if run_id not in gone
+                for hash_key, _ in locations
+            }
+        )
         lacking = False
         for start in range(0, max(len(hashes), 1), HEARTBEAT_KEYS):
             stream_commands = 0
+            staged: list[_Staged] = []
             async with client.pipeline(transaction=False) as pipe:
                 if start == 0:
                     self._set_node_key(pipe)
                     stream_commands = self.streams.snapshot(pipe, node.streams_here())
+                    for run_id in stale:
+                        for location in self.published[run_id]:
+                            pipe.hdel(*location)
+                    staged = [
+                        s for run in unlisted if (s := self._stage(pipe, Op("announce", run)))
+                    ]
                 for hash_key in hashes[start : start + HEARTBEAT_KEYS]:
                     pipe.pexpire(hash_key, self.ttl_ms)
                 results = await pipe.execute(raise_on_error=False)
@@ -224,6 +243,18 @@ class Writer:
                     raise results[0]  # without its node key this process looks dead
                 self.streams.check(results[1 : 1 + stream_commands])
                 results = results[1 + stream_commands :]
+                removals = sum(len(self.published[run_id]) for run_id in stale)
+                for run_id in stale:
+                    del self.published[run_id]
+                results = results[removals:]
+                announced = sum(item.commands for item in staged)
+                for item, answers in _split(staged, results[:announced]):
+                    run = item.op.run
+                    if (error := _first_error(answers)) is not None:
+                        self._refuse(item.op, error)
+                    elif run is not None and item.locations is not None:
+                        self.published[run.run_id] = item.locations
+                results = results[announced:]
             lacking = lacking or not all(result == 1 for result in results)
         if lacking:
             await self.write_snapshot(client, node.all_runs_here(), node.streams_here())
