@@ -298,10 +298,11 @@ class RedisBackend:
             CancelMessage(request_id=request_id, reply_to=link.node.node_id, order=order)
         )
         try:
-            async with client.pipeline(transaction=False) as pipe:
-                for node_id in holders:
-                    pipe.publish(link.keys.channel(node_id), message)
-                receivers = await pipe.execute()
+            with anyio.fail_after(self.op_timeout_s):
+                async with link.sender.pipeline(transaction=False) as pipe:
+                    for node_id in holders:
+                        pipe.publish(link.keys.channel(node_id), message)
+                    receivers = await pipe.execute()
             deaf = [n for n, count in zip(list(holders), receivers, strict=True) if not count]
             pending.expected.difference_update(deaf)
             pending.settle()
@@ -418,7 +419,8 @@ class RedisBackend:
             logger.exception("adk-cancel: a cancel sent by worker %s failed", message.reply_to)
             reply.error = f"{type(exc).__name__}: {exc}"
         try:
-            await link.client.publish(link.keys.channel(message.reply_to), dump(reply))
+            with anyio.fail_after(self.op_timeout_s):
+                await link.sender.publish(link.keys.channel(message.reply_to), dump(reply))
         except FAILURES as exc:
             logger.warning(
                 "adk-cancel: could not send the outcome of a cancel to worker %s: %s",

@@ -120,6 +120,15 @@ class Link:
             raise not_connected(self.display_url)
         return self._client
 
+    @property
+    def sender(self) -> Redis:
+        """The client of the cancel path's sends (the order, its outcome): no socket timeout,
+        which would send each command from a task of its own, behind the loop's other work
+        (see ``Writer.serve``); each caller bounds its send."""
+        if self._write_client is None:
+            raise not_connected(self.display_url)
+        return self._write_client
+
     # -- start and stop ---------------------------------------------------------------------
 
     async def start(self) -> None:
