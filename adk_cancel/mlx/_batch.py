@@ -136,6 +136,8 @@ class Engine:
         self._pending: list[Any] = []  # caches copied out for the prompt cache, to queue
         self._chunk = 1
         self._steps = 0
+        self._given: ServingOptions | None = None
+        self._opts = ServingOptions()
 
     @property
     def busy(self) -> bool:
@@ -152,11 +154,7 @@ class Engine:
         """Token n of every decoding sequence, one prompt chunk, then queue step n+1."""
         import mlx.core as mx
 
-        opts = self.options()
-        if not self.batched:
-            opts = ServingOptions(1, 1, 0)
-        self.prompt_cache.max_bytes = opts.prompt_cache_bytes
-        self.prompt_cache.trim(opts.prompt_cache_bytes)
+        opts = self._serving()
 
         ahead: _Step | None = None
         snapshot: list[dict[str, Any]] | None = None
@@ -211,6 +209,16 @@ class Engine:
         if self._pending:
             _async_eval(*self._pending)
             self._pending = []
+
+    def _serving(self) -> ServingOptions:
+        """The options in force, applied to the prompt cache when they change."""
+        given = self.options()
+        if given is not self._given:
+            self._given = given
+            self._opts = given if self.batched else ServingOptions(1, 1, 0)
+            self.prompt_cache.max_bytes = self._opts.prompt_cache_bytes
+            self.prompt_cache.trim(self._opts.prompt_cache_bytes)
+        return self._opts
 
     def fail_all(self, error: BaseException) -> None:
         """After an error no sequence can be attributed with: end every sequence."""
@@ -346,6 +354,8 @@ class Engine:
 
     def _prefill(self, opts: ServingOptions) -> None:
         """Admit waiting sequences and read one chunk of the group's prompts."""
+        if not self._waiting and not self._group:
+            return
         import mlx.core as mx
         from mlx_lm.models.cache import make_prompt_cache
 
