@@ -22,6 +22,11 @@ minutes of SmolLM2 on this CPU), so a cancel during a long prompt waits for that
 - Prompt chunks are sized from the measured cost per token to take about
   ``prefill_chunk_s``, with the cancel flags checked before each.
 - Finished sequences also leave before step n+1: no token is computed for nothing.
+- A token is handed on (detokenized, sent to the caller's event loop, which that wakes)
+  once step n+1 is queued, so that this work overlaps the step's computation (as in
+  mlx-lm's ``generate_step``): ~10% more tokens a second for one session of the tiny
+  model. Not for a request with stop sequences: whether its token ends the answer must be
+  known before step n+1 is queued. A sequence cancelled in between never gets it.
 
 Prompt caches: a new sequence starts from the longest matching prefix in the model's
 :class:`PromptCache`; the KV cache of its prompt is stored when the prompt is read, and
@@ -94,6 +99,9 @@ class Sequence:
     should_stop: Callable[[], bool]
     emit: Callable[[int], bool]
     """Hand on a generated token; True when a stop sequence ended the output."""
+    stops_on_text: bool
+    """Whether ``emit`` can end the output (the request has stop sequences): then each
+    token is handed on before the next step is queued, else after."""
     done: Callable[[Finish, BaseException | None], None]
     read: int = 0
     """Prompt tokens in the KV cache (from the prompt cache or read here)."""
@@ -136,6 +144,8 @@ class Engine:
         self._pending: list[Any] = []  # caches copied out for the prompt cache, to queue
         self._chunk = 1
         self._steps = 0
+        self._given: ServingOptions | None = None
+        self._opts = ServingOptions()
 
     @property
     def busy(self) -> bool:
@@ -152,15 +162,12 @@ class Engine:
         """Token n of every decoding sequence, one prompt chunk, then queue step n+1."""
         import mlx.core as mx
 
-        opts = self.options()
-        if not self.batched:
-            opts = ServingOptions(1, 1, 0)
-        self.prompt_cache.max_bytes = opts.prompt_cache_bytes
-        self.prompt_cache.trim(opts.prompt_cache_bytes)
+        opts = self._serving()
 
         ahead: _Step | None = None
         snapshot: list[dict[str, Any]] | None = None
         leaving: dict[int, tuple[Finish, BaseException | None]] = {}
+        later: list[tuple[Sequence, int]] = []
         if self._rows:
             assert self._y is not None
             # Built ahead unless a row is at its last token: the batch changes for sure.
@@ -176,7 +183,7 @@ class Engine:
             for i, (seq, token) in enumerate(zip(self._rows, tokens, strict=True)):
                 seq.stats.token_done(now)
                 seq.generated.append(token)
-                if i not in leaving and (finish := self._finish(seq, token)) is not None:
+                if i not in leaving and (finish := self._finish(seq, token, later)) is not None:
                     leaving[i] = (finish, None)
 
         self._prefill(opts)
@@ -189,6 +196,7 @@ class Engine:
         if ahead is not None and not leaving and not joins:
             snapshot = None  # no second handle on the caches while the step runs
             self._commit(ahead)
+            self._hand_on(later)
             return
         if ahead is not None and snapshot is not None:
             self._batch.restore(snapshot)
@@ -202,6 +210,7 @@ class Engine:
             snapshot = self._batch.snapshot()
             try:
                 self._commit(self._forward(mx.array(inputs), positions))
+                self._hand_on(later)
                 return
             except _RowError as err:
                 self._batch.restore(snapshot)
@@ -211,6 +220,16 @@ class Engine:
         if self._pending:
             _async_eval(*self._pending)
             self._pending = []
+
+    def _serving(self) -> ServingOptions:
+        """The options in force, applied to the prompt cache when they change."""
+        given = self.options()
+        if given is not self._given:
+            self._given = given
+            self._opts = given if self.batched else ServingOptions(1, 1, 0)
+            self.prompt_cache.max_bytes = self._opts.prompt_cache_bytes
+            self.prompt_cache.trim(self._opts.prompt_cache_bytes)
+        return self._opts
 
     def fail_all(self, error: BaseException) -> None:
         """After an error no sequence can be attributed with: end every sequence."""
@@ -225,16 +244,27 @@ class Engine:
 
     # -- decoding ----------------------------------------------------------------------
 
-    def _finish(self, seq: Sequence, token: int) -> Finish | None:
+    def _finish(
+        self, seq: Sequence, token: int, later: list[tuple[Sequence, int]]
+    ) -> Finish | None:
         if seq.should_stop():
             return "cancelled"  # the token is not handed on: it came after the cancel
         if token in seq.eos:
             return "stop"
-        if seq.emit(token):
-            return "stop"  # a stop sequence
-        if len(seq.generated) >= seq.max_tokens:
-            return "length"
-        return None
+        last = len(seq.generated) >= seq.max_tokens
+        if last or seq.stops_on_text:
+            if seq.emit(token):
+                return "stop"  # a stop sequence
+        else:
+            later.append((seq, token))
+        return "length" if last else None
+
+    def _hand_on(self, later: list[tuple[Sequence, int]]) -> None:
+        """Tokens whose handing on decides nothing, once the next step is queued: the
+        detokenizing and the wake of the caller's event loop overlap its computation."""
+        for seq, token in later:
+            if seq in self._rows:  # not since cancelled or failed
+                seq.emit(token)
 
     def _forward(self, inputs: mx.array, positions: list[int]) -> _Step:
         """The graph of the next token of every row (lazy: nothing runs yet)."""
@@ -346,6 +376,8 @@ class Engine:
 
     def _prefill(self, opts: ServingOptions) -> None:
         """Admit waiting sequences and read one chunk of the group's prompts."""
+        if not self._waiting and not self._group:
+            return
         import mlx.core as mx
         from mlx_lm.models.cache import make_prompt_cache
 

@@ -107,6 +107,7 @@ class GenerationJob(Job):
                 prefill_chunk_s=self.prefill_chunk_s,
                 should_stop=self.should_stop,
                 emit=emitter.add,
+                stops_on_text=bool(opts.stop),
                 done=done,
             )
         )

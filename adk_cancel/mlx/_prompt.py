@@ -248,6 +248,10 @@ class TextRouter:
             self._edges[self.THOUGHT].append((word, None))
         self.state: str | None = self.ANSWER
         self._pending = ""
+        # Text with none of the markers' first characters can neither hold a marker nor
+        # end with the start of one: it goes out as it is (most tokens, at every step).
+        markers = [m for edges in self._edges.values() for m, _ in edges]
+        self._starts = "".join({m[0] for m in markers}) if all(markers) else None
 
     @property
     def stopped(self) -> bool:
@@ -257,6 +261,11 @@ class TextRouter:
         """``(kind, text)`` pieces now known; ``("tool_end", "")`` closes a tool call."""
         out: list[tuple[str, str]] = []
         self._pending += text
+        pending, starts = self._pending, self._starts
+        if self.state is not None and starts is not None and not any(c in pending for c in starts):
+            self._emit(out, pending)
+            self._pending = ""
+            return out
         while self.state is not None and self._pending:
             edges = self._edges[self.state]
             hits = [(self._pending.find(m), m, dst) for m, dst in edges]

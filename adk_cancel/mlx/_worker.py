@@ -268,29 +268,15 @@ class MlxWorker:
     def _serve(self) -> None:
         try:
             while True:
-                with self._cv:
-                    while not self._queue and not self._busy() and not self._closing:
-                        self._cv.wait()
-                    if not self._queue and not self._busy():
-                        return  # closing, and nothing left to finish
-                    jobs = list(self._queue)
-                    self._queue.clear()
-                    skipped, started = [], []
-                    for job in jobs:
-                        if job.should_stop():
-                            job.state = "done"
-                            job.skip(None)
-                            self._record(job)
-                            skipped.append(job)
-                        else:
-                            job.state = "running"
-                            self._active[job] = None
-                            started.append(job)
-                for job in skipped:
-                    job.deliver()
-                for job in started:
-                    self._start(job)
-                for engine in self._busy():
+                busy = self._busy()
+                # Between two steps with nothing queued the lock is left alone (it is
+                # per token): a job queued meanwhile is taken before the next step.
+                if self._queue or not busy or self._closing:
+                    self._take_jobs()
+                    busy = self._busy()
+                    if not busy and self._closing and not self._queue:
+                        return  # nothing left to finish
+                for engine in busy:
                     try:
                         engine.step()
                     except Exception as exc:  # nothing to blame one sequence for
@@ -298,6 +284,29 @@ class MlxWorker:
                         engine.fail_all(exc)
         finally:
             self._release()
+
+    def _take_jobs(self) -> None:
+        """Wait for work, then start the jobs queued (dropping those cancelled)."""
+        with self._cv:
+            while not self._queue and not self._busy() and not self._closing:
+                self._cv.wait()
+            jobs = list(self._queue)
+            self._queue.clear()
+            skipped, started = [], []
+            for job in jobs:
+                if job.should_stop():
+                    job.state = "done"
+                    job.skip(None)
+                    self._record(job)
+                    skipped.append(job)
+                else:
+                    job.state = "running"
+                    self._active[job] = None
+                    started.append(job)
+        for job in skipped:
+            job.deliver()
+        for job in started:
+            self._start(job)
 
     def _start(self, job: Job) -> None:
         job.stats.started = True

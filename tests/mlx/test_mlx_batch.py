@@ -32,10 +32,12 @@ PROMPTS = [
 
 
 class Recorder:
-    """A logits-processor factory: no end of turn, and the tokens each call generated."""
+    """A logits-processor factory: no end of turn, and the tokens each call generated
+    and the logits of each step (by context length: a step's graph may be built twice)."""
 
     def __init__(self, signal_at: int | None = None) -> None:
         self.tokens: list[int] = []
+        self.logits: dict[int, list[float]] = {}
         self.prompt_len: int | None = None
         self.calls = 0
         self.signal_at = signal_at
@@ -51,6 +53,7 @@ class Recorder:
             if self.calls == self.signal_at:
                 self.reached.set()
             self.tokens = [int(t) for t in tokens.tolist()[self.prompt_len :]]
+            self.logits[int(tokens.shape[0])] = logits.tolist()
             return forbid_eos(tokens, logits)
 
         return [processor]
@@ -212,3 +215,39 @@ async def test_per_request_samplers_and_processors_in_one_batch(
     assert alone[1][:2] != alone[2][:2]  # different seeds, different draws
     by_id = {s.job_id: s for s in worker.history}
     assert [by_id[a[2]].decode_batch_max for a in together] == [4, 4, 4, 4]
+
+
+async def test_a_sequence_joined_then_alone_again_keeps_its_tokens(
+    worker: amlx.MlxWorker, fresh_cache: None
+) -> None:
+    """A sequence alone decodes on caches of its own, two share batch caches: a sequence
+    joined mid-answer and then left alone again computes exactly what it computes alone
+    (bitwise the same logits at every step: the tiny model often repeats one token, which
+    would hide a difference), and the prompt-cache entries it started from stay as they
+    were."""
+
+    async def alone(text: str, max_tokens: int) -> Recorder:
+        recorder = Recorder()
+        _, stats = await _answer(text, max_tokens, recorder)
+        assert stats.decode_batch_max == 1
+        return recorder
+
+    long_text, short_text = PROMPTS[2], PROMPTS[0]
+    expected = [await alone(long_text, 96), await alone(short_text, 24)]
+
+    # Both prompts are now in the prompt cache: both start from (views of) its entries.
+    # The short one first: the long one joins it as row 1, and goes on alone after it.
+    short = Recorder(signal_at=5)
+    first = asyncio.create_task(_answer(short_text, 24, short))
+    assert await asyncio.to_thread(short.reached.wait, 30)
+    long = Recorder()
+    _, long_stats = await _answer(long_text, 96, long)
+    _, short_stats = await first
+    assert short_stats.stopped_at is not None and long_stats.stopped_at is not None
+    assert short_stats.stopped_at < long_stats.stopped_at - 0.01
+    assert long_stats.cached_tokens > 0 and short_stats.cached_tokens > 0
+    assert long_stats.decode_batch_max == short_stats.decode_batch_max == 2
+
+    again = [await alone(long_text, 96), await alone(short_text, 24)]
+    for recorders in ([long, short], again):
+        assert [(r.tokens, r.logits) for r in recorders] == [(r.tokens, r.logits) for r in expected]

@@ -239,3 +239,37 @@ async def test_the_byte_bound_holds(worker: amlx.MlxWorker, cache: Any) -> None:
         stats = worker.history[-1]
         assert (stats.cached_tokens == stats.prompt_tokens - 1) is kept, stats
         assert cache.nbytes <= bound
+
+
+async def test_a_diverging_prompt_leaves_the_entry_it_started_from_as_it_was(
+    worker: amlx.MlxWorker, cache: Any
+) -> None:
+    """A sequence that starts from a prefix of an entry writes its own keys and values
+    after that prefix (read alone, on caches of its own); the entry keeps its own: the
+    same prompt answers after it with bitwise the same logits at every step (the tiny
+    model's greedy tokens alone would hide a difference: it often repeats one token)."""
+
+    async def ask(topic: str) -> tuple[list[list[float]], amlx.JobStats]:
+        steps: list[list[float]] = []
+
+        def factory(tokenizer: Any) -> Sequence[Any]:
+            (forbid_eos,) = scripted_output(None)(tokenizer)
+
+            def processor(tokens: Any, logits: Any) -> Any:
+                steps.append(logits.tolist())
+                return forbid_eos(tokens, logits)
+
+            return [processor]
+
+        llm = amlx.MlxLlm(model=TINY_MODEL, max_output_tokens=24, logits_processor_factory=factory)
+        request = LlmRequest(contents=[_user(f"Tell me all about {topic}.")])
+        [r async for r in llm.generate_content_async(request)]
+        return steps, worker.history[-1]
+
+    first, stats = await ask("dragons and their gold")
+    assert stats.cached_tokens == 0 and len(first) == 24
+    _, other = await ask("knights and their horses")
+    assert 0 < other.cached_tokens < other.prompt_tokens - 1
+    again, stats = await ask("dragons and their gold")
+    assert stats.cached_tokens == stats.prompt_tokens - 1
+    assert again == first
