@@ -33,12 +33,18 @@ LIMIT_S = 0.3
 @pytest.fixture(scope="module")
 def warm_client() -> Iterator[TestClient]:
     """One app for the module, its agents loaded before anything is timed (ADK loads an
-    agent on its first run, blocking the event loop meanwhile)."""
-    with TestClient(build_app(cancel_grace_s=0.3)) as client:
-        for app in ("slow_agent", "stubborn_agent"):
-            sid = new_session(client, app)
-            assert client.post("/run", json=run_body(sid, "quick", app=app)).status_code == 200
-        yield client
+    agent on its first run, blocking the event loop meanwhile), its startup heap frozen as
+    the CLI serves it: here that heap is the whole test session's, and a full collection of
+    it stalled the loop for 300 ms once, in the middle of a timed deadline."""
+    try:
+        with TestClient(build_app(cancel_grace_s=0.3, gc_freeze=True)) as client:
+            for app in ("slow_agent", "stubborn_agent"):
+                sid = new_session(client, app)
+                response = client.post("/run", json=run_body(sid, "quick", app=app))
+                assert response.status_code == 200
+            yield client
+    finally:
+        gc.unfreeze()
 
 
 def new_session(client: TestClient, app: str = "slow_agent") -> str:
