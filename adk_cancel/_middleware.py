@@ -99,6 +99,7 @@ from ._repair import RepairFailed, repair_session
 from ._response import Response, json_response
 from ._rollback import GetRunner, not_rolled_back, roll_back
 from ._run_output import RunOutput, disconnect_policy
+from ._run_tasks import RunTasks
 
 logger = logging.getLogger("adk_cancel")
 
@@ -195,49 +196,120 @@ async def _end_tasks(tasks: Iterable[asyncio.Task[Any]]) -> None:
             logger.debug("Live run task %s ended with %r", task.get_name(), task.exception())
 
 
-class _Helpers:
-    """The tasks that run beside one run's app (listener, deadline and cancel watchers).
+async def _read_body(receive: Receive) -> bytes | None:
+    """The request's body, or None if the client left before sending all of it."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
-    Owned by ``CancelMiddleware._run``, which ends them in its ``finally``. Like a task
-    group: the first helper to fail cancels the app (``app_scope``), and ``aclose`` raises
-    its error once every helper has ended.
+
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    """``receive`` for an app that reads the body again, then the client's messages."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+class _HttpRun:
+    """One ``/run`` or ``/run_sse`` request while its run lasts: the app's call, the
+    ``receive`` it is given, and the listener for its client's disconnect.
+
+    An object with slots and methods rather than closures over ``_serve_http``'s locals:
+    it lives as long as its run, and a closure and its cells per local were about 1 KB of
+    every run on a server full of runs waiting in tools.
     """
 
-    __slots__ = ("_app_scope", "_error", "_tasks")
+    __slots__ = (
+        "_body",
+        "_receive",
+        "app_done",
+        "deadlines",
+        "entry",
+        "middleware",
+        "output",
+        "response",
+        "scope",
+    )
 
-    def __init__(self, app_scope: anyio.CancelScope) -> None:
-        self._app_scope = app_scope
-        self._tasks: list[asyncio.Task[None]] = []
-        self._error: BaseException | None = None
+    def __init__(
+        self,
+        middleware: CancelMiddleware,
+        scope: Scope,
+        receive: Receive,
+        entry: RunEntry,
+        output: RunOutput,
+        body: bytes,
+        deadlines: Deadlines,
+    ) -> None:
+        self.middleware = middleware
+        self.deadlines = deadlines
+        self.scope = scope
+        self._receive = receive
+        self.entry = entry
+        self.output = output
+        self._body: bytes | None = body
+        self.app_done = False
+        # The gate sees the app's own bytes (before any run log): the answer's last byte
+        # is when the run ended on its own.
+        self.response = Response(entry, middleware.gate.http_send(entry, output.send))
 
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        task.add_done_callback(self._ended)
-        self._tasks.append(task)
+    async def replay(self) -> Message:
+        """The app's ``receive``: the body, once, then nothing. Only the middleware listens
+        for the client's disconnect: ADK's /run monitor and Starlette's StreamingResponse
+        get the body once and then nothing, so a disconnect is a cancel like any other
+        (abort first), never ADK's instant task cancel that can interrupt a session commit
+        half-way."""
+        body, self._body = self._body, None
+        if body is not None:
+            # Not kept for the run's life (a message with an image is megabytes).
+            return {"type": "http.request", "body": body, "more_body": False}
+        # A bare future: nothing to schedule for a run that waits for hours.
+        await asyncio.get_running_loop().create_future()
+        raise AssertionError("unreachable")
 
-    def _ended(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled():
-            return
-        error = task.exception()
-        if error is not None and self._error is None:
-            self._error = error
-            self._app_scope.cancel()
+    async def admit(self) -> bool:
+        """Whether the app may be called now (its busy policy); a refusal is answered."""
+        middleware, entry = self.middleware, self.entry
+        try:
+            return await middleware.gate.admit(entry)
+        except Refusal as refusal:
+            middleware._close(entry)  # refused: gone from listings before its client knows
+            payload = refusal.body.model_dump(mode="json")
+            for reply in json_response(refusal.status, payload):
+                await self.response.send(reply)
+            return False
 
-    async def aclose(self) -> None:
-        """Cancel the helpers and wait until each has ended (a cancellation of this task
-        meanwhile is raised once they have); then raise the first helper's error."""
-        cancelled = False
-        while pending := [t for t in self._tasks if not t.done()]:
-            for task in pending:
-                task.cancel()
-            try:
-                await asyncio.wait(pending)
-            except asyncio.CancelledError:
-                cancelled = True
-        if cancelled:
-            raise asyncio.CancelledError
-        if self._error is not None:
-            raise self._error
+    async def listen(self) -> None:
+        """The client's disconnect: a cancel, or under policy ``continue`` a detach."""
+        receive = self._receive
+        try:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    break
+        except OSError:
+            pass
+        entry = self.entry
+        entry.disconnected = True
+        if self.app_done:
+            pass
+        elif entry.on_disconnect == "continue":
+            entry.detached = True
+            entry.registry.backend.announce(entry.info())
+        else:
+            entry.request_cancel(_left(entry))
 
 
 class CancelMiddleware:
@@ -264,37 +336,35 @@ class CancelMiddleware:
         elif route == "run_live":
             await self._serve_ws(scope, receive, send)
         else:
-            await self._serve_http(scope, receive, send, route)
+            # Two steps, so that the frame that reads and checks the request is gone while
+            # the run lasts (hours, for a run waiting in a tool).
+            run = await self._open_http(scope, receive, send, route)
+            if run is None:
+                return
+            try:
+                await self._run(
+                    run.entry,
+                    run.admit,
+                    run.scope,
+                    run.replay,
+                    run.response.send,
+                    run.output.with_forwarder(run.listen),
+                    run.deadlines,
+                )
+            except Exception as exc:
+                await run.response.fail_http(exc)
+                raise
+            await self._end_http(run)
 
     # -- HTTP: /run and /run_sse -----------------------------------------------------------
 
-    async def _serve_http(self, scope: Scope, receive: Receive, send: Send, route: Route) -> None:
-        chunks: list[bytes] = []
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return  # the client left before the run could start
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        body_sent = False
-
-        async def replay() -> Message:
-            # Only the middleware listens for the client's disconnect: ADK's /run monitor
-            # and Starlette's StreamingResponse get the body once and then nothing, so a
-            # disconnect is a cancel like any other (abort first), never ADK's instant
-            # task cancel that can interrupt a session commit half-way.
-            nonlocal body_sent, body
-            if not body_sent:
-                body_sent = True
-                # Not kept for the run's life (a message with an image is megabytes).
-                message, body = {"type": "http.request", "body": body, "more_body": False}, b""
-                return message
-            # A bare future: nothing to schedule for a run that waits for hours.
-            await asyncio.get_running_loop().create_future()
-            raise AssertionError("unreachable")
-
+    async def _open_http(
+        self, scope: Scope, receive: Receive, send: Send, route: Route
+    ) -> _HttpRun | None:
+        """The request's run, registered; None if it was answered here or passed on."""
+        body = await _read_body(receive)
+        if body is None:
+            return None  # the client left before the run could start
         deadlines = Deadlines()
         on_busy: OnBusy | None = None
         try:
@@ -312,72 +382,35 @@ class CancelMiddleware:
             extra = [(b"connection", b"close")] if refused.status == 503 else []
             for reply in json_response(refused.status, {"detail": refused.detail}, *extra):
                 await send(reply)
-            return
+            return None
 
         if key is None:
             # ADK rejects this body itself (422/400) and no run starts: its own handling,
             # its own disconnects.
-            async def replay_then_pass() -> Message:
-                return await replay() if not body_sent else await receive()
-
-            await self.app(scope, replay_then_pass, send)
-            return
+            await self.app(scope, _replaying(body, receive), send)
+            return None
 
         await self.registry.start()
         entry = self.registry.register(key, route, on_busy)
         _partial.watch(entry)
         output = RunOutput.open(entry, send, policy)
-        # The gate sees the app's own bytes (before any run log): the answer's last byte is
-        # when the run ended on its own.
-        response = Response(entry, self.gate.http_send(entry, output.send))
-        app_done = False
+        return _HttpRun(self, scope, receive, entry, output, body, deadlines)
 
-        async def call_app() -> None:
-            try:
-                admitted = await self.gate.admit(entry)
-            except Refusal as refusal:
-                self._close(entry)  # refused: gone from listings before its client knows
-                payload = refusal.body.model_dump(mode="json")
-                for reply in json_response(refusal.status, payload):
-                    await response.send(reply)
-                return
-            if admitted:
-                await self.app(scope, replay, response.send)
-
-        async def listen() -> None:
-            try:
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        break
-            except OSError:
-                pass
-            entry.disconnected = True
-            if app_done:
-                pass
-            elif entry.on_disconnect == "continue":
-                entry.detached = True
-                self.registry.backend.announce(entry.info())
-            else:
-                entry.request_cancel(_left(entry))
-
-        try:
-            await self._run(entry, route, call_app, output.with_forwarder(listen), deadlines)
-        except Exception as exc:
-            await response.fail_http(exc)
-            raise
-        app_done = True
+    async def _end_http(self, run: _HttpRun) -> None:
+        """After the app: the cancel's repair and answer, the run's end, the rest of its log."""
+        entry = run.entry
+        run.app_done = True
         try:
             await self._after(entry)
             if entry.cancel_reason is not None:
-                await response.finish_http()
+                await run.response.finish_http()
         except OSError:
             logger.debug("Client gone while finishing cancelled run %s", entry.run_id)
         finally:
             await self.gate.release(entry)
             self._close(entry)
         # The run is over (and unlisted); its client may still be reading the end of it.
-        await output.flush()
+        await run.output.flush()
 
     # -- WebSocket: /run_live --------------------------------------------------------------
 
@@ -438,17 +471,15 @@ class CancelMiddleware:
             note_task()
             await response.send(message)
 
-        async def call_app() -> None:
+        async def admit() -> bool:
             try:
-                admitted = await self.gate.admit(entry, on_wait=early.accept)
+                return await self.gate.admit(entry, on_wait=early.accept)
             except Refusal as refusal:
                 self._close(entry)
                 await early.refuse(refusal.status, refusal.body.model_dump(mode="json"))
-                return
-            if admitted:
-                await self.app(scope, watch_receive, watch_send)
+                return False
 
-        await self._run(entry, "run_live", call_app, early.listen, deadlines)
+        await self._run(entry, admit, scope, watch_receive, watch_send, early.listen, deadlines)
         app_done = True
         try:
             producer = {entry.producer} if entry.producer is not None else set()
@@ -481,38 +512,35 @@ class CancelMiddleware:
     async def _run(
         self,
         entry: RunEntry,
-        route: Route,
-        call_app: Callable[[], Awaitable[None]],
-        listen: Callable[[], Coroutine[Any, Any, None]] | None = None,
-        deadlines: Deadlines | None = None,
+        admit: Callable[[], Awaitable[bool]],
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        listen: Callable[[], Coroutine[Any, Any, None]] | None,
+        deadlines: Deadlines,
     ) -> None:
-        """Run the app beside the disconnect listener and the deadline watcher, if any; the
-        cancel watcher starts once a cancel comes. The app finishing ends them all.
-
-        Not a task group: on a server full of runs waiting in tools, an anyio task group
-        and its two tasks were about 8 KB of every run, and the cancel watcher idled in
-        almost all of them. The helpers are tasks this call owns (``_Helpers``): a helper
-        that fails cancels the app and its error is raised here, as a task group would.
+        """Once ``admit`` says so, run the app beside the disconnect listener and the
+        deadline watcher, if any; the cancel watcher starts once a cancel comes. The app
+        finishing ends them all.
+        The helpers are tasks this call owns (``RunTasks``): a helper that fails cancels the
+        app and its error is raised here, as a task group would.
         """
         token = current_run.set(entry)
-        app_scope = anyio.CancelScope()
-        helpers = _Helpers(app_scope)
-
-        def start_watch() -> None:
-            helpers.spawn(self._watch(entry, app_scope))
+        tasks = RunTasks(entry, self._watch)
 
         try:
             try:
                 if listen is not None:
-                    helpers.spawn(listen())
+                    tasks.spawn(listen())
                 if deadlines:
                     _deadline.prepare(entry, deadlines)
-                    helpers.spawn(_deadline.watch(entry, deadlines))
-                entry.on_cancel = start_watch
+                    tasks.spawn(_deadline.watch(entry, deadlines))
+                entry.on_cancel = tasks.start_watcher
                 if entry.cancel_order is not None:
-                    start_watch()
-                with app_scope:
-                    await call_app()
+                    tasks.start_watcher()
+                with tasks:
+                    if await admit():
+                        await self.app(scope, receive, send)
                 if entry.cancel_reason is None:
                     entry.ended = True
             except asyncio.CancelledError:
@@ -542,7 +570,7 @@ class CancelMiddleware:
                 if entry.cancel_mono is not None:
                     entry.stop_ms = round((time.monotonic() - entry.cancel_mono) * 1000, 3)
                 entry.on_cancel = None
-                await helpers.aclose()
+                await tasks.aclose()
         except BaseException:
             await self.gate.release(entry)
             self._close(entry)
@@ -550,7 +578,7 @@ class CancelMiddleware:
         finally:
             current_run.reset(token)
 
-    async def _watch(self, entry: RunEntry, app_scope: anyio.CancelScope) -> None:
+    async def _watch(self, entry: RunEntry, tasks: RunTasks) -> None:
         """Started by the run's first cancel (``RunEntry.on_cancel``)."""
         _metrics.cancel_requested(entry)
         if entry.queued:
@@ -581,7 +609,7 @@ class CancelMiddleware:
                 # ADK's live handler waits for *all* its tasks once one is cancelled (a
                 # cancelled task is no exception to asyncio.wait(FIRST_EXCEPTION)): cancel the
                 # handler itself.
-                app_scope.cancel()
+                tasks.cancel_app()
             await anyio.sleep(FORCE_RETRY_S)
 
     async def _after(self, entry: RunEntry) -> None:

@@ -67,10 +67,9 @@ _state_before: weakref.WeakKeyDictionary[RunEntry, dict[str, Any]] = weakref.Wea
 
 def remember_state(entry: RunEntry, ic: InvocationContext) -> None:
     """Called as the run attaches, before ADK stores its message: the session's own state."""
-    state = ic.session.state
-    _state_before[entry] = copy.deepcopy(
-        {k: v for k, v in state.items() if not k.startswith(SHARED_PREFIXES)}
-    )
+    own = {k: v for k, v in ic.session.state.items() if not k.startswith(SHARED_PREFIXES)}
+    if own:  # an empty state has nothing to restore: nothing kept (most runs, every byte)
+        _state_before[entry] = copy.deepcopy(own)
 
 
 def not_rolled_back(entry: RunEntry, why: str) -> None:

@@ -8,11 +8,13 @@ Servers are separate ``adk-cancel api_server`` / ``adk api_server`` processes se
 ``slow_agent`` told ``tool 3600``: it streams three words, then awaits its tool. A run counts
 as waiting once its function call has reached this client.
 
-1. One worker. At each K (ascending): ``--cancels`` times, cancel one waiting run (``:cancel``,
-   wait=true: answered once the run has stopped and its session was read back and sealed),
-   then start another so K stays put; the figure is the client's round trip of the
-   ``:cancel``. Also ``GET .../runs`` of one session. Then every run is cancelled one by one
-   ("drain": K falling from the largest to 1).
+1. One worker. A server per K, each given K runs; then ``--cancels`` rounds, each of which
+   cancels one waiting run on every server (``:cancel``, wait=true: answered once the run
+   has stopped and its session was read back and sealed) and starts another so K stays put,
+   the servers in an order that alternates from round to round (so this machine's noise of
+   the moment falls on every K alike); the figure is the client's round trip of the
+   ``:cancel``. Also ``GET .../runs`` of one session. Then every run of the largest K is
+   cancelled one by one ("drain": K falling from the largest to 1).
 2. Memory. A fresh plain ADK and a fresh adk-cancel server each get K runs (after a warm-up
    of a few runs); RSS (``VmRSS``) at K minus RSS before the first run, per run.
 3. The registry in this process (``adk_cancel.RunRegistry``, no server): the time to look up
@@ -22,15 +24,18 @@ as waiting once its function call has reached this client.
    (alternating rounds) and Redis commands per run. Then K runs on A, each cancel sent to B
    (B reaches A through Redis), at K = 1 and the largest K.
 
-This client holds K open streams: its own collector is frozen after each fill, so a full
-collection of its heap does not land in a measured round trip.
+This client holds K open streams, each over a bare socket (see ``Pool._hold``), and its own
+collector is frozen after each fill, so a full collection of its heap does not land in a
+measured round trip.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
+import json
 import random
 import resource
 import statistics
@@ -39,6 +44,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import httpx
@@ -71,17 +77,10 @@ def settle_client() -> None:
 
 class Pool:
     """The waiting runs this client holds on one server, each a /run_sse stream read by a
-    task of ``tg`` (which ends them all, by disconnecting, when it is cancelled).
+    task of ``tg`` (which ends them all, by disconnecting, when it is cancelled)."""
 
-    The streams have a connection pool of their own: httpcore scans every connection of a
-    pool for each request, so measured requests through the streams' pool would time this
-    client's K connections, not the server."""
-
-    def __init__(
-        self, client: httpx.AsyncClient, holder: httpx.AsyncClient, url: str, tg: TaskGroup
-    ) -> None:
+    def __init__(self, client: httpx.AsyncClient, url: str, tg: TaskGroup) -> None:
         self.client = client
-        self.holder = holder
         self.url = url
         self.tg = tg
         self.waiting: dict[str, anyio.Event] = {}
@@ -98,13 +97,31 @@ class Pool:
         return sid
 
     async def _hold(self, sid: str, in_tool: anyio.Event, ended: anyio.Event) -> None:
+        """One /run_sse over a bare socket, read until the server ends it. Not httpx: its
+        connection pool scans all K connections whenever one opens or closes, and that
+        work, in this process, landed in the measured round trips (this client's CPU per
+        cancel grew from 18 to 29 ms between K = 1 and K = 1,000; the server's did not)."""
+        parts = urlsplit(self.url)
+        payload = json.dumps(run_body(sid, "tool 3600", streaming=True)).encode()
+        head = (
+            f"POST /run_sse HTTP/1.1\r\nHost: {parts.netloc}\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+        )
+        writer = None
         try:
-            body = run_body(sid, "tool 3600", streaming=True)
-            async with self.holder.stream("POST", f"{self.url}/run_sse", json=body) as response:
-                async for line in response.aiter_lines():
-                    if not in_tool.is_set() and '"functionCall"' in line:
+            reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+            writer.write(head.encode() + payload)
+            seen = b""
+            while chunk := await reader.read(65536):
+                if not in_tool.is_set():
+                    seen = seen[-32:] + chunk
+                    if b'"functionCall"' in seen:
                         in_tool.set()
+        except OSError:
+            pass  # the server went away: the run is over for this pool too
         finally:
+            if writer is not None:
+                writer.close()
             in_tool.set()
             ended.set()
 
@@ -138,14 +155,6 @@ def client() -> httpx.AsyncClient:
     return httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=32))
 
 
-def holder() -> httpx.AsyncClient:
-    """The client of the K streams: a connection each."""
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(60, read=None),
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=0),
-    )
-
-
 async def timed(fn: Callable[[], Awaitable[Any]]) -> float:
     t0 = time.perf_counter()
     await fn()
@@ -155,27 +164,30 @@ async def timed(fn: Callable[[], Awaitable[Any]]) -> float:
 # -- 1. one worker ------------------------------------------------------------------------------
 
 
-async def one_worker(url: str, ks: list[int], cancels: int) -> dict[str, Any]:
+async def one_worker(urls: dict[int, str], cancels: int) -> dict[str, Any]:
+    """K runs on each server of ``urls`` (one per K), and their cancels taken in turns: a
+    round cancels one run on each server, in an order that alternates, so the machine's
+    noise of the moment falls on every K alike."""
     rng = random.Random(15)
-    out: dict[str, Any] = {"cancel": {}, "runs": {}, "drain": []}
-    async with client() as http, holder() as hold, anyio.create_task_group() as tg:
-        pool = Pool(http, hold, url, tg)
-        for _ in range(5):  # warm-up
-            await pool.fill(1)
-            await pool.cancel(pool.pick(rng))
+    ks = sorted(urls)
+    out: dict[str, Any] = {"cancel": {k: [] for k in ks}, "runs": {k: [] for k in ks}}
+    async with client() as http, anyio.create_task_group() as tg:
+        pools = {k: Pool(http, urls[k], tg) for k in ks}
         for k in ks:
-            await pool.fill(k)
-            trips, lists = [], []
-            for _ in range(cancels):
-                trips.append(await pool.cancel(pool.pick(rng)))
+            for _ in range(5):  # warm-up
+                await pools[k].fill(1)
+                await pools[k].cancel(pools[k].pick(rng))
+            await pools[k].fill(k)
+        for i in range(cancels):
+            for k in ks if i % 2 == 0 else ks[::-1]:
+                pool = pools[k]
+                out["cancel"][k].append(await pool.cancel(pool.pick(rng)))
                 await pool.add()
-                sid = pool.pick(rng)
-                lists.append(await timed(lambda s=sid: http.get(url + session_path(s) + "/runs")))
-            out["cancel"][k] = trips
-            out["runs"][k] = lists
+                path = session_path(pool.pick(rng)) + "/runs"
+                out["runs"][k].append(await timed(lambda p=path, u=urls[k]: http.get(u + p)))
         settle_client()
-        while pool.waiting:
-            out["drain"].append(await pool.cancel(pool.pick(rng)))
+        top = pools[ks[-1]]
+        out["drain"] = [await top.cancel(top.pick(rng)) for _ in range(len(top.waiting))]
         tg.cancel_scope.cancel()
     return out
 
@@ -186,9 +198,9 @@ async def one_worker(url: str, ks: list[int], cancels: int) -> dict[str, Any]:
 async def rss_series(server: ServerProcess, ks: list[int]) -> tuple[int, dict[int, int]]:
     """RSS (KB) before the first waiting run, and at each K."""
     at: dict[int, int] = {}
-    async with client() as http, holder() as hold, anyio.create_task_group() as tg:
-        pool = Pool(http, hold, server.url, tg)
-        warm = Pool(http, hold, server.url, tg)
+    async with client() as http, anyio.create_task_group() as tg:
+        pool = Pool(http, server.url, tg)
+        warm = Pool(http, server.url, tg)
         await warm.fill(4)
         await asyncio.sleep(0.5)
         base = rss_kb(server.pid)
@@ -268,8 +280,8 @@ async def run_cost(servers: dict[str, ServerProcess], redis_url: str, rounds: in
 async def cross_worker(a: ServerProcess, b: ServerProcess, ks: list[int], cancels: int):
     rng = random.Random(16)
     out: dict[int, list[float]] = {}
-    async with client() as http, holder() as hold, anyio.create_task_group() as tg:
-        pool = Pool(http, hold, a.url, tg)
+    async with client() as http, anyio.create_task_group() as tg:
+        pool = Pool(http, a.url, tg)
         for _ in range(5):
             await pool.fill(1)
             await pool.cancel(pool.pick(rng), via=b.url)
@@ -317,9 +329,18 @@ def main() -> None:
 
 
 def one_worker_parts(args: argparse.Namespace, ks: list[int], top: int, logs: Path) -> None:
-    print(f"K runs waiting in an async tool on one worker; {args.cancels} cancels per K")
-    with ServerProcess(SAMPLES, *MEMORY, "--no_chat", log_path=logs / "one.log") as one:
-        result = asyncio.run(one_worker(one.url, ks, args.cancels))
+    print(
+        f"K runs waiting in an async tool on one worker (a server per K, cancels in turns); "
+        f"{args.cancels} cancels per K"
+    )
+    with contextlib.ExitStack() as stack:
+        urls = {
+            k: stack.enter_context(
+                ServerProcess(SAMPLES, *MEMORY, "--no_chat", log_path=logs / f"one-{k}.log")
+            ).url
+            for k in ks
+        }
+        result = asyncio.run(one_worker(urls, args.cancels))
     print(f"{'ms':<26}{'p50':>9}{'p99':>9}{'max':>9}{'n':>6}")
     for k in ks:
         print(line(f":cancel round trip K={k}", result["cancel"][k]))
