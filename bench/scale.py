@@ -1,7 +1,7 @@
 """Does a cancel slow down, and what does a run cost in memory, as a worker fills up with
 runs? K runs wait in an async tool on one worker; K = 1, 100, 1,000 by default.
 
-Run: .venv/bin/python bench/scale.py [--ks 1,100,1000] [--cancels 100] [--no-redis]
+Run: .venv/bin/python bench/scale.py [--ks 1,100,1000] [--cancels 200] [--memory-rounds 3] [--no-redis]
 
 Servers are separate ``adk-cancel api_server`` / ``adk api_server`` processes serving
 ``samples/`` (memory session store, CLI defaults), each run a ``/run_sse`` of the scripted
@@ -15,8 +15,9 @@ as waiting once its function call has reached this client.
    the moment falls on every K alike); the figure is the client's round trip of the
    ``:cancel``. Also ``GET .../runs`` of one session. Then every run of the largest K is
    cancelled one by one ("drain": K falling from the largest to 1).
-2. Memory. A fresh plain ADK and a fresh adk-cancel server each get K runs (after a warm-up
-   of a few runs); RSS (``VmRSS``) at K minus RSS before the first run, per run.
+2. Memory. ``--memory-rounds`` pairs of fresh servers (plain ADK, adk-cancel; the order
+   alternating) each get K runs (after a warm-up of a few runs); RSS (``VmRSS``) at K minus
+   RSS before the first run, per run; the median per K, and the median of the pairs' ratios.
 3. The registry in this process (``adk_cancel.RunRegistry``, no server): the time to look up
    one session's runs (what a cancel does) and one user's, with K runs registered.
 4. Redis (unless ``--no-redis``): a throwaway ``redis-server`` and two workers A and B. What
@@ -306,10 +307,13 @@ def line(label: str, values: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ks", default="1,100,1000", help="active runs (comma-separated)")
-    parser.add_argument("--cancels", type=int, default=100, help="cancels measured per K")
+    parser.add_argument("--cancels", type=int, default=200, help="cancels measured per K")
     parser.add_argument("--no-redis", action="store_true")
     parser.add_argument("--only-redis", action="store_true", help="part 4 alone")
     parser.add_argument("--no-memory", action="store_true", help="skip the RSS comparison")
+    parser.add_argument(
+        "--memory-rounds", type=int, default=3, help="fresh server pairs for the RSS comparison"
+    )
     parser.add_argument("--cost-rounds", type=int, default=10)
     parser.add_argument("--cost-runs", type=int, default=20)
     args = parser.parse_args()
@@ -360,25 +364,34 @@ def one_worker_parts(args: argparse.Namespace, ks: list[int], top: int, logs: Pa
         print(f"{k:>6}{session_us:14.2f}{user_us:12.2f}")
 
     if not args.no_memory:
-        series: dict[str, tuple[int, dict[int, int]]] = {}
-        for name, plain in (("plain ADK", True), ("adk-cancel", False)):
-            extra = () if plain else ("--no_chat",)
-            with ServerProcess(
-                SAMPLES, *MEMORY, *extra, plain=plain, log_path=logs / f"rss-{plain}.log"
-            ) as server:
-                series[name] = asyncio.run(rss_series(server, ks))
-        print("\nserver RSS per waiting run (RSS at K minus RSS before the first), KB")
+        # Fresh servers each round, the order alternating: RSS per run moves by a few KB
+        # from one server to the next (the allocator's arenas), so one pair says little.
+        per: dict[str, dict[int, list[float]]] = {"plain ADK": {}, "adk-cancel": {}}
+        for i in range(args.memory_rounds):
+            pair = (("plain ADK", True), ("adk-cancel", False))
+            for name, plain in pair if i % 2 == 0 else pair[::-1]:
+                extra = () if plain else ("--no_chat",)
+                with ServerProcess(
+                    SAMPLES, *MEMORY, *extra, plain=plain, log_path=logs / f"rss-{plain}.log"
+                ) as server:
+                    base, at = asyncio.run(rss_series(server, ks))
+                for k in ks:
+                    per[name].setdefault(k, []).append((at[k] - base) / k)
+        rounds = args.memory_rounds
+        print(
+            f"\nserver RSS per waiting run (RSS at K minus RSS before the first), KB, median of "
+            f"{rounds} fresh server pair(s)"
+        )
         print(f"{'K':>6}{'plain ADK':>12}{'adk-cancel':>12}{'ratio':>8}{'ours/run':>10}")
-        per: dict[str, dict[int, float]] = {
-            name: {k: (at[k] - base) / k for k in ks} for name, (base, at) in series.items()
-        }
         for k in ks:
-            p, o = per["plain ADK"][k], per["adk-cancel"][k]
+            p, o = (statistics.median(per[name][k]) for name in ("plain ADK", "adk-cancel"))
             print(f"{k:>6}{p:12.1f}{o:12.1f}{o / p:8.3f}{o - p:10.1f}")
-        ratio = per["adk-cancel"][top] / per["plain ADK"][top]
+        ratios = [o / p for o, p in zip(per["adk-cancel"][top], per["plain ADK"][top], strict=True)]
+        ratio = statistics.median(ratios)
         verdict = "ok" if ratio <= TARGET_RSS_RATIO else "MISSED"
         print(
-            f"RSS per run at K={top}: {ratio:.3f}x plain (target <= {TARGET_RSS_RATIO}): {verdict}"
+            f"RSS per run at K={top}: {ratio:.3f}x plain, median of the pairs' ratios "
+            f"({', '.join(f'{r:.3f}' for r in ratios)}; target <= {TARGET_RSS_RATIO}): {verdict}"
         )
 
 

@@ -273,8 +273,11 @@ class RedisBackend:
         hash_key = self._hash_of(link.keys, order)
         try:
             # Liveness is checked after publishing, and only for the nodes nobody heard:
-            # one round trip less on the common path.
-            holders = await self._holders(link, client, hash_key, check_alive=False)
+            # one round trip less on the common path. Read on the sender's connection, as
+            # the order goes out: without a socket timeout, redis-py sends it at once rather
+            # than from a task of its own behind the loop's other work.
+            with anyio.fail_after(self.op_timeout_s):
+                holders = await self._holders(link, link.sender, hash_key, check_alive=False)
         except FAILURES as exc:
             raise link.error_for(exc) from exc
         if invocation_id is not None:
