@@ -248,14 +248,16 @@ class SessionGate:
         # Not cut short if this run is cancelled meanwhile: the cancel has gone out, and its
         # wait is bounded by the order's timeout.
         runs, _ = await self.registry.cancel_everywhere(order)
-        known = {r.run_id: i for i, r in enumerate(entry.replaced)}
+        replaced = list(entry.replaced)
+        known = {r.run_id: i for i, r in enumerate(replaced)}
         for run in runs:
             if run.stopped_by == "finished":
                 continue  # its answer was complete: nothing was replaced
             if run.run_id in known:
-                entry.replaced[known[run.run_id]] = run
+                replaced[known[run.run_id]] = run
             else:
-                entry.replaced.append(run)
+                replaced.append(run)
+        entry.replaced = tuple(replaced)
         stopped = {run.run_id for run in runs if run.stopped}
         gone |= stopped
         return bool(stopped)

@@ -129,9 +129,10 @@ class RunEntry(_Weakly):
     output_taps: list[Callable[[Message], None]] = field(default_factory=list)
     """Called with every body chunk and websocket message the app sends its client (keep
     them cheap: they run on every streamed event)."""
-    cancel_callbacks: list[Callable[[], None]] = field(default_factory=list)
+    cancel_callbacks: list[Callable[[], None]] | None = None
     """Called once, on the event loop, when the run's cancel is signalled (``adk_cancel.tools``
-    hangs tool clean-up here: killing a subprocess, waking a sync tool's wait)."""
+    hangs tool clean-up here: killing a subprocess, waking a sync tool's wait). None until
+    the first is added: most runs have none, and a server may hold thousands of runs."""
     error: str | None = None
     """Why the run failed (``ErrorType: message``), if it did."""
     http_status: int | None = None
@@ -146,7 +147,7 @@ class RunEntry(_Weakly):
     """The busy policy the run is admitted under (see ``_busy.py``)."""
     queued: bool = False
     """Waiting for its session to be free: the app has not been called."""
-    replaced: list[CancelledRun] = field(default_factory=list)
+    replaced: tuple[CancelledRun, ...] = ()
     """The runs its busy policy cancelled so that it could start."""
     rolled_back: bool | None = None
     """With a rollback: whether the session was rewound (None: no rollback asked)."""
@@ -189,7 +190,7 @@ class RunEntry(_Weakly):
         self.cancel_requested.set()
         if self.on_cancel is not None:
             self.on_cancel()
-        for callback in list(self.cancel_callbacks):  # tool threads add and remove theirs
+        for callback in list(self.cancel_callbacks or ()):  # tools add and remove theirs
             try:
                 callback()
             except Exception:
