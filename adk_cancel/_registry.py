@@ -129,10 +129,11 @@ class RunEntry(_Weakly):
     output_taps: list[Callable[[Message], None]] = field(default_factory=list)
     """Called with every body chunk and websocket message the app sends its client (keep
     them cheap: they run on every streamed event)."""
-    cancel_callbacks: list[Callable[[], None]] | None = None
+    cancel_callbacks: list[Callable[[], None]] = field(default_factory=list)
     """Called once, on the event loop, when the run's cancel is signalled (``adk_cancel.tools``
-    hangs tool clean-up here: killing a subprocess, waking a sync tool's wait). None until
-    the first is added: most runs have none, and a server may hold thousands of runs."""
+    hangs tool clean-up here: killing a subprocess, waking a sync tool's wait). Made with
+    the run, not on the first callback: sync tools add theirs from threads, and two threads
+    making the list at once would lose one callback."""
     error: str | None = None
     """Why the run failed (``ErrorType: message``), if it did."""
     http_status: int | None = None
@@ -190,7 +191,7 @@ class RunEntry(_Weakly):
         self.cancel_requested.set()
         if self.on_cancel is not None:
             self.on_cancel()
-        for callback in list(self.cancel_callbacks or ()):  # tools add and remove theirs
+        for callback in list(self.cancel_callbacks):  # tool threads add and remove theirs
             try:
                 callback()
             except Exception:

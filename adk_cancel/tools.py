@@ -81,8 +81,6 @@ class CancelHook:
         """Whether the callback has run (it runs at most once)."""
         self._entry: RunEntry | None = current_run.get()
         if self._entry is not None:
-            if self._entry.cancel_callbacks is None:
-                self._entry.cancel_callbacks = []
             self._entry.cancel_callbacks.append(self.fire)
             if self._entry.cancel_order is not None:
                 self.fire()  # cancelled before we got here
@@ -105,7 +103,7 @@ class CancelHook:
     def remove(self) -> None:
         """Unregister the callback (it will not run from now on)."""
         entry, self._entry = self._entry, None
-        if entry is not None and entry.cancel_callbacks is not None:
+        if entry is not None:
             with contextlib.suppress(ValueError):
                 entry.cancel_callbacks.remove(self.fire)
 
