@@ -1,7 +1,8 @@
 """Does a cancel slow down, and what does a run cost in memory, as a worker fills up with
 runs? K runs wait in an async tool on one worker; K = 1, 100, 1,000 by default.
 
-Run: .venv/bin/python bench/scale.py [--ks 1,100,1000] [--cancels 200] [--memory-rounds 3] [--no-redis]
+Run: .venv/bin/python bench/scale.py [--ks 1,100,1000] [--cancels 200] [--memory-rounds 3]
+     [--no-redis]
 
 Servers are separate ``adk-cancel api_server`` / ``adk api_server`` processes serving
 ``samples/`` (memory session store, CLI defaults), each run a ``/run_sse`` of the scripted
