@@ -208,6 +208,22 @@ async def _read_body(receive: Receive) -> bytes | None:
             return b"".join(chunks)
 
 
+def _app_listens(scope: Scope, entry: RunEntry) -> bool:
+    """Whether ADK's handler asks ``receive`` again, and at once, for as long as the run
+    lasts: ``/run``'s disconnect monitor does, and so does Starlette's StreamingResponse
+    (``/run_sse``) under ASGI spec versions before 2.4 (uvicorn's 2.3); from 2.4 on it does
+    not. A run that waits for its session first (busy policy) has nobody asking meanwhile."""
+    if entry.queued:
+        return False
+    if entry.route == "run":
+        return True
+    spec = str(scope.get("asgi", {}).get("spec_version", "2.0"))
+    try:
+        return tuple(int(part) for part in spec.split(".")) < (2, 4)
+    except ValueError:
+        return False
+
+
 def _replaying(body: bytes, receive: Receive) -> Receive:
     """``receive`` for an app that reads the body again, then the client's messages."""
     sent = False
@@ -233,6 +249,7 @@ class _HttpRun:
 
     __slots__ = (
         "_body",
+        "_listen_in_replay",
         "_receive",
         "app_done",
         "deadlines",
@@ -261,23 +278,40 @@ class _HttpRun:
         self.output = output
         self._body: bytes | None = body
         self.app_done = False
+        self._listen_in_replay = _app_listens(scope, entry) and output.stream is None
         # The gate sees the app's own bytes (before any run log): the answer's last byte
         # is when the run ended on its own.
         self.response = Response(entry, middleware.gate.http_send(entry, output.send))
 
     async def replay(self) -> Message:
-        """The app's ``receive``: the body, once, then nothing. Only the middleware listens
-        for the client's disconnect: ADK's /run monitor and Starlette's StreamingResponse
-        get the body once and then nothing, so a disconnect is a cancel like any other
-        (abort first), never ADK's instant task cancel that can interrupt a session commit
-        half-way."""
+        """The app's ``receive``: the body, once, then nothing. Only the middleware acts on
+        the client's disconnect: ADK's /run monitor and Starlette's StreamingResponse get the
+        body once and then nothing, so a disconnect is a cancel like any other (abort
+        first), never ADK's instant task cancel that can interrupt a session commit
+        half-way. When they ask again, the middleware's listener runs in the asking task."""
         body, self._body = self._body, None
         if body is not None:
             # Not kept for the run's life (a message with an image is megabytes).
             return {"type": "http.request", "body": body, "more_body": False}
+        if self._listen_in_replay:
+            # The app's own disconnect listener asks: our listener runs in its task, not
+            # in one of ours (a task and its coroutine, a kilobyte of every waiting run).
+            self._listen_in_replay = False
+            try:
+                await self.listen()
+            except BaseException:
+                if not self.entry.disconnected:
+                    self._listen_in_replay = True  # the next one to ask listens
+                raise
         # A bare future: nothing to schedule for a run that waits for hours.
         await asyncio.get_running_loop().create_future()
         raise AssertionError("unreachable")
+
+    def listener(self) -> Callable[[], Coroutine[Any, Any, None]] | None:
+        """The disconnect listener to run beside the app, or None if it runs in ``replay``."""
+        if self._listen_in_replay:
+            return None
+        return self.output.with_forwarder(self.listen)
 
     async def admit(self) -> bool:
         """Whether the app may be called now (its busy policy); a refusal is answered."""
@@ -348,7 +382,7 @@ class CancelMiddleware:
                     run.scope,
                     run.replay,
                     run.response.send,
-                    run.output.with_forwarder(run.listen),
+                    run.listener(),
                     run.deadlines,
                 )
             except Exception as exc:

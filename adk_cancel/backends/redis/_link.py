@@ -438,7 +438,7 @@ def not_connected(display_url: str) -> BackendUnavailable:
 async def _close(pubsub: PubSub) -> None:
     # Shielded: this runs on the way out of a cancelled scope, and the connection must go.
     with anyio.move_on_after(2.0, shield=True), contextlib.suppress(*FAILURES):
-        await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+        await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]  # redis-py < 8.2 leaves it unannotated
 
 
 async def _logged(work: Callable[[], Awaitable[None]]) -> None:
