@@ -294,15 +294,20 @@ class _HttpRun:
             # Not kept for the run's life (a message with an image is megabytes).
             return {"type": "http.request", "body": body, "more_body": False}
         if self._listen_in_replay:
-            # The app's own disconnect listener asks: our listener runs in its task, not
-            # in one of ours (a task and its coroutine, a kilobyte of every waiting run).
+            # The app's own disconnect listener asks: ours runs in its task, not in one of
+            # ours, and in this frame (``listen``'s loop, not a call of it): a task and two
+            # coroutines would be a kilobyte of every waiting run.
             self._listen_in_replay = False
+            receive = self._receive
             try:
-                await self.listen()
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+            except OSError:
+                pass
             except BaseException:
-                if not self.entry.disconnected:
-                    self._listen_in_replay = True  # the next one to ask listens
+                self._listen_in_replay = True  # cancelled: the next one to ask listens
                 raise
+            self._client_left()
         # A bare future: nothing to schedule for a run that waits for hours.
         await asyncio.get_running_loop().create_future()
         raise AssertionError("unreachable")
@@ -329,12 +334,13 @@ class _HttpRun:
         """The client's disconnect: a cancel, or under policy ``continue`` a detach."""
         receive = self._receive
         try:
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    break
+            while (await receive())["type"] != "http.disconnect":
+                pass
         except OSError:
             pass
+        self._client_left()
+
+    def _client_left(self) -> None:
         entry = self.entry
         entry.disconnected = True
         if self.app_done:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import weakref
 from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
@@ -65,9 +64,10 @@ class StreamedText:
     __slots__ = ("_events", "_pending", "_sent", "written")
 
     def __init__(self) -> None:
-        self._sent: list[bytes | str] = []
+        # Both made on their first event: a run waiting in a tool holds neither.
+        self._sent: list[bytes | str] | None = None
         """The partial events sent since the last complete one, as JSON."""
-        self._events: list[Event] = []
+        self._events: list[Event] | None = None
         """The same, as ADK events (``/run``'s feed)."""
         self.written = False
         self._pending = b""
@@ -88,9 +88,9 @@ class StreamedText:
     def _parsed(self) -> list[tuple[str | None, str | None, list[str]]]:
         out: list[tuple[str | None, str | None, list[str]]] = [
             (e.author, e.branch, [p.text for p in _parts(e) if p.text and not p.thought])
-            for e in self._events
+            for e in self._events or ()
         ]
-        for raw in self._sent:
+        for raw in self._sent or ():
             if isinstance(raw, bytes) and raw.startswith(b"data: "):
                 raw = raw[6:]
             try:
@@ -133,16 +133,18 @@ class StreamedText:
     def event(self, event: Event) -> None:
         """An ADK event as the runner yields it (``/run``: nothing reaches the client)."""
         if event.partial:
+            if self._events is None:
+                self._events = []
             self._events.append(event)
         elif _parts(event) or event.turn_complete:
-            self._events.clear()
+            self._events = None
 
     def _sse(self, body: bytes) -> None:
         if not self._pending and body.endswith(b"\n\n") and _PARTIAL in body:
             # ADK's usual chunk: one whole partial event (a second event would be a complete
             # one, with content: it is sorted below). Kept as sent, its "data: " included.
             if body.count(b"\n\n") == 1 and body.startswith(b"data: "):
-                self._sent.append(body)
+                self._keep(body)
                 return
         data = self._pending + body if self._pending else body
         *blocks, self._pending = data.split(b"\n\n")
@@ -152,7 +154,7 @@ class StreamedText:
 
     def _sort(self, event: bytes) -> None:
         if _PARTIAL in event:
-            self._sent.append(event)
+            self._keep(event)
         elif _CONTENT in event or b'"turnComplete":true' in event:
             try:
                 parsed = json.loads(event)
@@ -162,28 +164,30 @@ class StreamedText:
             if (isinstance(content, dict) and content.get("parts")) or (
                 isinstance(parsed, dict) and parsed.get("turnComplete") is True
             ):
-                self._sent.clear()
+                self._sent = None
+
+    def _keep(self, sent: bytes | str) -> None:
+        if self._sent is None:
+            self._sent = []
+        self._sent.append(sent)
 
 
 def _parts(event: Event) -> list[types.Part]:
     return list(event.content.parts or []) if event.content is not None else []
 
 
-_streams: weakref.WeakKeyDictionary[RunEntry, StreamedText] = weakref.WeakKeyDictionary()
-
-
 def watch(entry: RunEntry) -> None:
     """Follow what ``entry``'s client is streamed (a no-op when ``keep_partial`` is off)."""
     if not entry.registry.options.keep_partial:
         return
-    stream = _streams[entry] = StreamedText()
+    stream = entry.streamed_text = StreamedText()
     if entry.route != "run":
         entry.output_taps.append(stream.tap)
 
 
 def _wanted(entry: RunEntry) -> StreamedText | None:
     """The run's streamed text, if it is to be kept now."""
-    stream = _streams.get(entry)
+    stream = entry.streamed_text
     order = entry.cancel_order
     if stream is None or stream.written or order is None or order.action != "interrupt":
         return None
@@ -222,7 +226,7 @@ def kept_event(entry: RunEntry, stream: StreamedText, before: Event | None = Non
 async def on_run_event(entry: RunEntry, ic: InvocationContext, event: Event) -> None:
     """From the plugin's ``on_event_callback``, for the run's own invocation: feed ``/run``'s
     text, and write the kept text just before ADK appends its seal."""
-    stream = _streams.get(entry)
+    stream = entry.streamed_text
     if stream is None:
         return
     if entry.route == "run" and event.error_code != ABORTED_CODE:

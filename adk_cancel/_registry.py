@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     from google.adk.sessions.base_session_service import BaseSessionService
     from opentelemetry.trace import Span
 
+    from ._partial import StreamedText
+
 logger = logging.getLogger("adk_cancel")
 
 Message = MutableMapping[str, Any]
@@ -129,6 +131,8 @@ class RunEntry(_Weakly):
     output_taps: list[Callable[[Message], None]] = field(default_factory=list)
     """Called with every body chunk and websocket message the app sends its client (keep
     them cheap: they run on every streamed event)."""
+    streamed_text: StreamedText | None = None
+    """What the client was streamed of the text so far (``_partial``; ``keep_partial``)."""
     cancel_callbacks: list[Callable[[], None]] = field(default_factory=list)
     """Called once, on the event loop, when the run's cancel is signalled (``adk_cancel.tools``
     hangs tool clean-up here: killing a subprocess, waking a sync tool's wait). Made with

@@ -53,7 +53,9 @@ class RunTasks:
     def __init__(self, entry: RunEntry, watcher: Watcher) -> None:
         self._entry = entry
         self._watcher = watcher
-        self._tasks: list[asyncio.Task[None]] = []
+        # Made by the first helper: most runs on a busy server have none (their disconnect
+        # listener runs in ADK's task, and no cancel or deadline has come).
+        self._tasks: list[asyncio.Task[None]] | None = None
         self._error: BaseException | None = None
         self._host: asyncio.Task[Any] | None = None
         self._inside = False
@@ -68,6 +70,8 @@ class RunTasks:
         # No copy of the context for it (Python's default): ``_ended`` reads none, and the
         # copy would be kept as long as the run.
         task.add_done_callback(self._ended, context=_NO_CONTEXT)
+        if self._tasks is None:
+            self._tasks = []
         self._tasks.append(task)
 
     def start_watcher(self) -> None:
@@ -86,7 +90,7 @@ class RunTasks:
         """Cancel the helpers and wait until each has ended (a cancellation of this task
         meanwhile is raised once they have); then raise the first helper's error."""
         cancelled = False
-        while pending := [t for t in self._tasks if not t.done()]:
+        while pending := [t for t in self._tasks or () if not t.done()]:
             for task in pending:
                 task.cancel()
             try:
