@@ -26,8 +26,10 @@ server shutting down; each calls ``RunEntry.request_cancel``.
 | forced run vs its response                  | nothing sent yet: adk-cancel answers; a      |
 |                                             | stream already started: adk-cancel ends it   |
 | client disconnect vs ADK's own disconnect   | adk-cancel: ADK never sees the disconnect    |
-| handling (ADK cancels its task at once,     | (the replayed ``receive`` hides it), so the  |
-| even mid-commit)                            | run is aborted like any other cancel         |
+| handling (ADK cancels its task at once,     | (the replayed ``receive`` hides it, and when |
+| even mid-commit)                            | ADK's listener asks, adk-cancel's listens in |
+|                                             | its task), so the run is aborted like any    |
+|                                             | other cancel                                 |
 | the run raising after a cancel (ADK's seal  | the cancel: ``stopped_by="error"``, logged,  |
 | write failing on a stale shared session)    | repaired and answered as cancelled           |
 | ADK's seal vs the stored session            | adk-cancel reads the session back after      |

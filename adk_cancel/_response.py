@@ -101,7 +101,7 @@ class Response:
         self.cancel_event_sent = False
         self.ws_closed = False
 
-    async def send(self, message: Message) -> None:
+    def send(self, message: Message) -> Awaitable[None]:
         entry = self.entry
         if (
             message.get("more_body", False)
@@ -109,11 +109,15 @@ class Response:
             and message["type"] == "http.response.body"
         ):
             # A streamed event of a run going on: this path is taken a thousand times a
-            # run, the one below a few times.
+            # run, the other a few times. What the caller awaits is the next send's own
+            # awaitable, not a coroutine of ours around it (a frame per event).
             for tap in entry.output_taps:
                 tap(message)
-            await self._send(message)
-            return
+            return self._send(message)
+        return self._send_other(message)
+
+    async def _send_other(self, message: Message) -> None:
+        entry = self.entry
         kind = message["type"]
         if kind == "http.response.start":
             self.started = True

@@ -115,26 +115,42 @@ class RunOutput:
             stream = entry.registry.streams.open(entry.key, entry.run_id)
         return cls(entry, send, stream)
 
-    async def send(self, message: Message) -> None:
+    def send(self, message: Message) -> Awaitable[None]:
+        if (
+            self.stream is None
+            and self.sse
+            and message["type"] == "http.response.body"
+            and not self.entry.disconnected
+        ):
+            # A /run_sse event under policy ``cancel``: an id, and the next send's own
+            # awaitable (no coroutine of ours per event).
+            body: bytes = message.get("body", b"")
+            if body:
+                self._last_id += 1
+                message = {
+                    "type": "http.response.body",
+                    "body": b"id: %d\n" % self._last_id + body,  # with_id, inlined
+                    "more_body": message.get("more_body", False),
+                }
+            return self._send(message)
+        return self._send_other(message)
+
+    async def _send_other(self, message: Message) -> None:
         kind = message["type"]
         if kind == "http.response.body":
             stream = self.stream
-            if self.sse:
+            if self.sse and stream is not None:
                 body: bytes = message.get("body", b"")
-                more = message.get("more_body", False)
-                if stream is not None:
-                    if body and not stream.ended:
-                        if stream.key is not self.entry.key:
-                            stream.key = self.entry.key  # the session ADK resolved
-                        stream.append(body)
-                    if not more:
-                        stream.end()
-                    return  # the forwarder sends it
-                if body:
-                    self._last_id += 1
-                    body = b"id: %d\n" % self._last_id + body  # with_id, inlined: every event
-                    message = {"type": kind, "body": body, "more_body": more}
-            elif stream is not None:
+                if body and not stream.ended:
+                    if stream.key is not self.entry.key:
+                        stream.key = self.entry.key  # the session ADK resolved
+                    stream.append(body)
+                if not message.get("more_body", False):
+                    stream.end()
+                return  # the forwarder sends it
+            if self.sse:
+                return  # ``send`` sends the others: the client left
+            if stream is not None:
                 self._keep_answer(message, stream)
             if self.entry.disconnected:
                 return  # nobody to send it to (uvicorn would drop it too)
