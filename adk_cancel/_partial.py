@@ -122,7 +122,22 @@ class StreamedText:
         """An output tap: every body chunk or websocket message the client gets."""
         kind = message["type"]
         if kind == "http.response.body":
-            self._sse(message.get("body", b""))
+            body: bytes = message.get("body", b"")
+            if (
+                not self._pending
+                and body.endswith(b"\n\n")
+                and _PARTIAL in body
+                and body.count(b"\n\n") == 1
+                and body.startswith(b"data: ")
+            ):
+                # ADK's usual chunk: one whole partial event, kept as sent ("data: "
+                # included). Sorted here, not in a call: this runs on every streamed event.
+                if self._sent is None:
+                    self._sent = [body]
+                else:
+                    self._sent.append(body)
+                return
+            self._sse(body)
         elif kind == "websocket.send":
             data = message.get("text")
             if data is None:
@@ -140,12 +155,8 @@ class StreamedText:
             self._events = None
 
     def _sse(self, body: bytes) -> None:
-        if not self._pending and body.endswith(b"\n\n") and _PARTIAL in body:
-            # ADK's usual chunk: one whole partial event (a second event would be a complete
-            # one, with content: it is sorted below). Kept as sent, its "data: " included.
-            if body.count(b"\n\n") == 1 and body.startswith(b"data: "):
-                self._keep(body)
-                return
+        # Anything but one whole partial event (``tap`` keeps those): split into events, a
+        # second event in a chunk being a complete one, with content.
         data = self._pending + body if self._pending else body
         *blocks, self._pending = data.split(b"\n\n")
         for block in blocks:

@@ -74,7 +74,8 @@ class CancelPlugin(BasePlugin):
         entry = current_run.get()
         if entry is None:
             return None
-        note_event(entry)
+        if entry.idle_watch:
+            note_event(entry)
         if entry.invocation_context is invocation_context and (
             entry.route == "run" or event.error_code is not None
         ):
