@@ -125,13 +125,15 @@ class StreamedText:
             body: bytes = message.get("body", b"")
             if (
                 not self._pending
-                and body.endswith(b"\n\n")
-                and _PARTIAL in body
-                and body.count(b"\n\n") == 1
                 and body.startswith(b"data: ")
+                and body.find(b"\n") == len(body) - 2
+                and body[-1:] == b"\n"
+                and body.find(_PARTIAL) != -1
             ):
-                # ADK's usual chunk: one whole partial event, kept as sent ("data: "
-                # included). Sorted here, not in a call: this runs on every streamed event.
+                # ADK's usual chunk: one whole partial event (one line, then the blank one),
+                # kept as sent ("data: " included). Sorted here, not in a call, and with
+                # ``find``, not ``in`` (which first tries the pattern as an int, raising
+                # and clearing a TypeError): this runs on every streamed event.
                 if self._sent is None:
                     self._sent = [body]
                 else:
@@ -164,9 +166,9 @@ class StreamedText:
                 self._sort(block[6:])  # ADK's one-line events; other blocks are ours
 
     def _sort(self, event: bytes) -> None:
-        if _PARTIAL in event:
+        if event.find(_PARTIAL) != -1:
             self._keep(event)
-        elif _CONTENT in event or b'"turnComplete":true' in event:
+        elif event.find(_CONTENT) != -1 or event.find(b'"turnComplete":true') != -1:
             try:
                 parsed = json.loads(event)
             except ValueError:

@@ -75,6 +75,8 @@ class Callgrind:
     def __init__(self, server: ServerProcess, out_dir: Path) -> None:
         self.server = server
         self.out_dir = out_dir
+        # The same hashes in every server, so that two identical servers count alike.
+        server.env["PYTHONHASHSEED"] = "0"
         server.argv = [
             "valgrind", "--tool=callgrind", "--instr-atstart=no",
             f"--callgrind-out-file={out_dir}/callgrind.%p", *server.argv,
