@@ -2,6 +2,7 @@
 run's log costs the server per streamed event.
 
 Run: .venv/bin/python bench/rejoin.py [--runs 3] [--words 100] [--rounds 12] [--events 1000]
+     (``--runs 0``: the CPU part alone; ``--rounds 0``: the latency part alone)
 
 Latency: a throwaway Redis and two ``adk-cancel api_server`` processes (A, B) serving
 ``samples/``. Each run streams ``--words`` words 0.1 s apart on A under the disconnect policy
@@ -218,7 +219,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1000, help="events per CPU round")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="adk-cancel-rejoin-bench-") as tmp:
-        asyncio.run(latency(Path(tmp), args.runs, args.words))
+        if args.runs > 0:  # 0: the CPU part alone
+            asyncio.run(latency(Path(tmp), args.runs, args.words))
         if args.rounds > 0:  # 0: the latency part alone
             asyncio.run(cpu(Path(tmp), args.rounds, args.events))
 
