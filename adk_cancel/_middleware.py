@@ -297,19 +297,14 @@ class _HttpRun:
             return {"type": "http.request", "body": body, "more_body": False}
         if self._listen_in_replay:
             # The app's own disconnect listener asks: ours runs in its task, not in one of
-            # ours, and in this frame (``listen``'s loop, not a call of it): a task and two
-            # coroutines would be a kilobyte of every waiting run.
+            # ours (a task and its coroutine were a kilobyte of every waiting run).
             self._listen_in_replay = False
-            receive = self._receive
             try:
-                while (await receive())["type"] != "http.disconnect":
-                    pass
-            except OSError:
-                pass
+                await self.listen()
             except BaseException:
-                self._listen_in_replay = True  # cancelled: the next one to ask listens
+                if not self.entry.disconnected:
+                    self._listen_in_replay = True  # cancelled: the next one to ask listens
                 raise
-            self._client_left()
         # A bare future: nothing to schedule for a run that waits for hours.
         await asyncio.get_running_loop().create_future()
         raise AssertionError("unreachable")
@@ -340,9 +335,6 @@ class _HttpRun:
                 pass
         except OSError:
             pass
-        self._client_left()
-
-    def _client_left(self) -> None:
         entry = self.entry
         entry.disconnected = True
         if self.app_done:
