@@ -138,9 +138,13 @@ class Driver:
         if self.proc.stdin is not None:
             self.proc.stdin.close()
         try:
-            self.proc.wait(timeout=60)
+            code = self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+            print(f"{self.name} driver did not exit within 60 s: killed", file=sys.stderr)
+            return
+        if code != 0:
+            print(f"{self.name} driver exited with {code}", file=sys.stderr)
 
 
 class MlxServer:
