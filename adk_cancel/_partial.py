@@ -131,13 +131,10 @@ class StreamedText:
                 and body.find(_PARTIAL) != -1
             ):
                 # ADK's usual chunk: one whole partial event (one line, then the blank one),
-                # kept as sent ("data: " included). Sorted here, not in a call, and with
+                # kept as sent ("data: " included). Sorted here, not by ``_sse``, and with
                 # ``find``, not ``in`` (which first tries the pattern as an int, raising
                 # and clearing a TypeError): this runs on every streamed event.
-                if self._sent is None:
-                    self._sent = [body]
-                else:
-                    self._sent.append(body)
+                self._keep(body)
                 return
             self._sse(body)
         elif kind == "websocket.send":

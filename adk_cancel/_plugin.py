@@ -74,8 +74,7 @@ class CancelPlugin(BasePlugin):
         entry = current_run.get()
         if entry is None:
             return None
-        if entry.idle_watch:
-            note_event(entry)
+        note_event(entry)
         if entry.invocation_context is invocation_context and (
             entry.route == "run" or event.error_code is not None
         ):
