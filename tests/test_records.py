@@ -5,6 +5,7 @@ disconnect, a deadline, a shutdown), bounded per session and in time."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import threading
 import time
@@ -48,6 +49,10 @@ def listed(
     return list(answer.json()["runs"])
 
 
+def tool_started(observed: list[dict[str, Any]], sid: str) -> bool:
+    return any(o["event"] == "tool_started" and o.get("session_id") == sid for o in observed)
+
+
 def start(client: TestClient, route: str, sid: str, text: str, app: str = "slow_agent") -> Any:
     body = run_body(sid, text, app=app, streaming=route == "run_sse")
     thread = threading.Thread(target=lambda: client.post(f"/{route}", json=body), daemon=True)
@@ -74,10 +79,15 @@ def test_a_finished_run(shared_client: TestClient) -> None:
 
 
 @pytest.mark.parametrize("route", ["run", "run_sse"])
-def test_runs_cancelled_by_a_request_abort_or_force(shared_client: TestClient, route: str) -> None:
+def test_runs_cancelled_by_a_request_abort_or_force(
+    shared_client: TestClient, route: str, observed: list[dict[str, Any]]
+) -> None:
     for app, stopped_by in (("slow_agent", "abort"), ("stubborn_agent", "force")):
         sid = new_session(shared_client, app)
         thread = start(shared_client, route, sid, "tool 30", app)
+        # Listed is not yet in the tool: a cancel before the stubborn tool starts is obeyed
+        # by the agent's next abort check, and the run is stopped by abort, not force.
+        wait_until(functools.partial(tool_started, observed, sid))
         answer = shared_client.post(session_path(sid, app) + ":cancel", json={"reason": "stop!"})
         [outcome] = answer.json()["runs"]
         thread.join(5)
