@@ -176,18 +176,38 @@ class MlxLlm(BaseLlm):
                     await self._wait_stopped(job)
 
     async def _wait_stopped(self, job: GenerationJob) -> None:
+        """Wait until the worker is done with ``job`` (a token at most), through any further
+        cancel of this task: ADK's flow closes the model's generator once it sees an abort,
+        and its runner then cancels the root task while that close is still waiting here.
+        Cut short, the run would end (and a ``:cancel`` answer "stopped") with the token
+        still computing. A cancel that came meanwhile is raised once the wait is over."""
+
         async def drain() -> None:
             while not any(isinstance(e, Finished | Failed) for e in await job.channel.get()):
                 pass
 
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.stop_wait_s
+        draining = asyncio.ensure_future(drain())
+        cancelled: asyncio.CancelledError | None = None
         try:
-            await asyncio.wait_for(drain(), self.stop_wait_s)
-        except asyncio.TimeoutError:
-            logger.warning(
-                "MLX job %d still running %.1f s after its cancel",
-                job.stats.job_id,
-                self.stop_wait_s,
-            )
+            while not draining.done():
+                left = deadline - loop.time()
+                if left <= 0:
+                    logger.warning(
+                        "MLX job %d still running %.1f s after its cancel",
+                        job.stats.job_id,
+                        self.stop_wait_s,
+                    )
+                    break
+                try:
+                    await asyncio.wait([draining], timeout=left)
+                except asyncio.CancelledError as cancel:
+                    cancelled = cancelled or cancel  # the first, with its message
+        finally:
+            draining.cancel()
+        if cancelled is not None:
+            raise cancelled
 
 
 # Streaming builds a response, a content, a part and a usage per token on the event loop.

@@ -117,6 +117,34 @@ async def test_closing_the_stream_stops_it(worker: amlx.MlxWorker) -> None:
     _assert_stopped_within_one_token(worker.history[-1])
 
 
+@pytest.mark.parametrize("how", ["close, then cancel", "cancel twice"])
+async def test_a_second_cancel_does_not_cut_the_wait_for_the_worker(
+    worker: amlx.MlxWorker, how: str
+) -> None:
+    # ADK's flow closes the model's generator once it sees the abort, and its runner then
+    # cancels the root task while that close still waits for the worker's last token.
+    agen = _endless().generate_content_async(_request(), stream=True)
+    async for response in agen:
+        if response.usage_metadata and (response.usage_metadata.candidates_token_count or 0) > 30:
+            break
+
+    async def stop() -> None:
+        if how == "cancel twice":
+            await agen.__anext__()  # cancelled in here, then cancelled again while it waits
+        await agen.aclose()
+
+    stopping = asyncio.create_task(stop())
+    for _ in range(2 if how == "cancel twice" else 1):
+        await asyncio.sleep(0)  # the task now waits: on the model, then on the worker
+        assert not worker.idle.is_set(), "the worker stopped too soon to test the race"
+        stopping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stopping
+    # "Stopped" still means idle: the cancel that cut in was held until the worker was done.
+    assert worker.idle.is_set()
+    _assert_stopped_within_one_token(worker.history[-1])
+
+
 async def test_non_streaming_call_is_cancellable(worker: amlx.MlxWorker) -> None:
     reached = asyncio.Event()
     llm = amlx.MlxLlm(
