@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import statistics
 import sys
 import time
 from typing import Any
@@ -137,8 +138,41 @@ async def chat(task: dict[str, Any]) -> dict[str, Any]:
     return {"turns": turns}
 
 
+async def ceiling(task: dict[str, Any]) -> dict[str, Any]:
+    """The bare model's decode step (model call, argmax, eval) at each batch size, on the
+    worker thread with the model the adapter loaded: no server around it. Batching can
+    gain at most ``rows * step(1) / step(rows)`` on this machine, whoever does it."""
+
+    def measure(worker: Any) -> dict[str, float]:
+        import mlx.core as mx
+        from mlx_lm.models.cache import make_prompt_cache
+
+        model = worker.loaded(task["model"]).model
+        steps: dict[str, float] = {}
+        for rows in task["levels"]:
+            cache = make_prompt_cache(model)
+            model(mx.array([[5] * 32] * rows), cache=cache)
+            mx.eval([c.state for c in cache])
+            y = mx.array([[7]] * rows)
+            times = []
+            for _ in range(task["steps"]):
+                began = time.perf_counter()
+                y = mx.argmax(model(y, cache=cache)[:, -1, :], axis=-1)[:, None]
+                mx.eval(y)
+                times.append(time.perf_counter() - began)
+            steps[str(rows)] = statistics.median(times)
+        return steps
+
+    return {"step_s": await asyncio.wrap_future(amlx.get_worker().call(measure))}
+
+
 async def main() -> None:
-    tasks = {"throughput": throughput, "cancel_in_batch": cancel_in_batch, "chat": chat}
+    tasks = {
+        "throughput": throughput,
+        "cancel_in_batch": cancel_in_batch,
+        "chat": chat,
+        "ceiling": ceiling,
+    }
     loop = asyncio.get_running_loop()
     while line := await loop.run_in_executor(None, sys.stdin.readline):
         task = json.loads(line)

@@ -3,9 +3,12 @@
     .venv/bin/python bench/mlx_serving.py                      # tiny-random and smollm2-135m
     .venv/bin/python bench/mlx_serving.py --models tiny-random --rounds 3
 
-Three systems, each in its own process, same model directory, same prompts, greedy, the
-end-of-turn token banned with the same logits processor (mlx-lm's ``logit_bias``) so every
-answer runs to ``max_tokens``:
+Three systems, each in its own process, same model directory, same prompts, greedy, and
+every answer runs to ``max_tokens``: SmolLM2's end-of-turn token is banned with the same
+logits processor on each side (mlx-lm's ``logit_bias``); tiny-random never ends these
+answers by itself (checked: a run stops if a session comes back short), so it runs as
+served, without a processor (``--ban-eos`` bans it there too: a per-row processor is a few
+graph nodes per sequence a step, which a model this small feels, ~25 % at 4 sessions):
 
 - **adapter**: this checkout's ``MlxLlm`` (continuous batching, prompt cache), driven by
   coroutines in its process (``bench/_mlx_driver.py``), as ADK drives it;
@@ -21,6 +24,10 @@ Figures:
 - decode tok/s at 1, 4, 8 concurrent sessions: generated tokens after each session's first
   one, over the time during which at least one session was decoding (client-side token
   arrival times); rounds alternate the systems, the median is shown;
+- the ceiling: the bare model's decode step (model call, argmax, eval; no server) at 1, 4
+  and 8 rows. ``rows x step(1) / step(rows)`` is the most any batching server can gain
+  over one generation at a time on this machine (on this CPU SmolLM2's quantized matmuls
+  cost about as much per row batched as alone);
 - chat TTFT: a 5-turn chat (ADK ``Runner`` for the adapters, the same messages for the
   server), time to the first token of each turn; turn 5 / turn 1;
 - cancel one of 8: tokens computed for it after its cancel (the worker's own count) and
@@ -86,11 +93,14 @@ class Plan:
     chat_tokens: int
     cancel_tokens: int
     cancel_after: int
+    ban_eos: bool
+    """Whether the throughput runs need the end-of-turn token banned to run to max_tokens."""
+    ceiling_steps: int
 
 
 PLANS = {
-    "tiny-random": Plan("tiny-random", 200, (1, 4, 8), (1, 4, 8), 24, 400, 60),
-    "smollm2-135m": Plan("smollm2-135m", 16, (1, 4, 8), (1, 4), 12, 16, 4),
+    "tiny-random": Plan("tiny-random", 600, (1, 4, 8), (1, 4, 8), 24, 400, 60, False, 300),
+    "smollm2-135m": Plan("smollm2-135m", 16, (1, 4, 8), (1, 4), 12, 16, 4, True, 5),
 }
 
 
@@ -257,10 +267,18 @@ class Row:
     cancel: dict[str, Any] = field(default_factory=dict)
     disconnect: dict[str, dict[str, float]] = field(default_factory=dict)
     cpu_ms: dict[str, dict[int, list[float]]] = field(default_factory=dict)
+    banned: bool = False
+    """Whether the throughput runs banned the end-of-turn token (a logits processor)."""
+    step_s: dict[int, float] = field(default_factory=dict)
+    """The bare model's decode step per batch size (``ceiling``)."""
     """Per system and level: the serving process's CPU ms per generated token (prefill
     included), less swayed than wall time by what else runs on the machine."""
 
-    def add(self, name: str, level: int, sessions: list[dict[str, Any]], cpu_s: float) -> None:
+    def add(
+        self, name: str, level: int, sessions: list[dict[str, Any]], cpu_s: float, expect: int
+    ) -> None:
+        if short := [s["tokens"] for s in sessions if s["tokens"] != expect]:
+            sys.exit(f"{self.model}: {name} answered {short} tokens, not {expect}: use --ban-eos")
         self.tps.setdefault(name, {}).setdefault(level, []).append(decode_rate(sessions))
         tokens = sum(s["tokens"] for s in sessions)
         self.cpu_ms.setdefault(name, {}).setdefault(level, []).append(1000 * cpu_s / tokens)
@@ -305,6 +323,8 @@ async def bench_model(plan: Plan, args: argparse.Namespace, today_path: Path | N
                 task="throughput", model=model, prompts=["Hi"], max_tokens=4, eos=eos
             )
 
+            ban = eos if plan.ban_eos or args.ban_eos else []
+            row.banned = bool(ban)
             for level in plan.levels if "throughput" in args.parts else ():
                 prompts = [PROMPTS[i % len(PROMPTS)] for i in range(level)]
                 for rnd in range(args.rounds):
@@ -318,19 +338,21 @@ async def bench_model(plan: Plan, args: argparse.Namespace, today_path: Path | N
                             model=model,
                             prompts=prompts,
                             max_tokens=plan.max_tokens,
-                            eos=eos,
+                            eos=ban,
                         )
-                        row.add(name, level, result["sessions"], _cpu_s(driver.proc.pid) - cpu0)
+                        cpu_s = _cpu_s(driver.proc.pid) - cpu0
+                        row.add(name, level, result["sessions"], cpu_s, plan.max_tokens)
                     cpu0 = server.cpu_s()
                     sessions = await asyncio.gather(
                         *(
                             server.session(
-                                client, [{"role": "user", "content": p}], plan.max_tokens, eos
+                                client, [{"role": "user", "content": p}], plan.max_tokens, ban
                             )
                             for p in prompts
                         )
                     )
-                    row.add("mlx_lm.server", level, sessions, server.cpu_s() - cpu0)
+                    cpu_s = server.cpu_s() - cpu0
+                    row.add("mlx_lm.server", level, sessions, cpu_s, plan.max_tokens)
 
             print(f"{plan.model}: chat TTFT", file=sys.stderr)
             for driver in systems.values() if "chat" in args.parts else ():
@@ -360,6 +382,13 @@ async def bench_model(plan: Plan, args: argparse.Namespace, today_path: Path | N
                     ttfts.append(answer["stamps"][0] - answer["began"] if answer["stamps"] else 0)
                     history.append({"role": "assistant", "content": answer["text"]})
                 row.ttft.setdefault("mlx_lm.server", []).append(ttfts)
+
+            if "ceiling" in args.parts:
+                print(f"{plan.model}: bare decode steps", file=sys.stderr)
+                result = await systems["adapter"].run(
+                    task="ceiling", model=model, levels=plan.levels, steps=plan.ceiling_steps
+                )
+                row.step_s = {int(k): v for k, v in result["step_s"].items()}
 
             if "cancel" in args.parts:
                 print(f"{plan.model}: cancel one of 8", file=sys.stderr)
@@ -466,8 +495,21 @@ def tables(rows: Sequence[Row], rounds: int) -> str:
         found = runs.get(name, {}).get(level)
         return statistics.median(found) if found else float("nan")
 
-    throughput, chat, cancel, gone = [], [], [], []
+    def ratio(runs: dict[str, dict[int, list[float]]], name: str, level: int) -> float:
+        """The median of the rounds' ratios: a round's systems ran back to back, so the
+        machine's drift over the run (its load, its clock) cancels out of each ratio."""
+        ours, theirs = runs["adapter"][level], runs.get(name, {}).get(level)
+        if not theirs:
+            return float("nan")
+        return statistics.median(a / b for a, b in zip(ours, theirs, strict=True))
+
+    throughput, ceiling, chat, cancel, gone = [], [], [], [], []
     for r in rows:
+        for level, step in sorted(r.step_s.items()):
+            gain = level * r.step_s[min(r.step_s)] / step
+            ceiling.append(
+                f"| {r.model} | {level} | {1000 * step:.1f} | {level / step:.1f} | {gain:.2f} |"
+            )
         for level in sorted(r.tps.get("adapter", {})):
             ours, theirs = med(r.tps, "adapter", level), med(r.tps, "mlx_lm.server", level)
             today = med(r.tps, "today", level)
@@ -475,8 +517,10 @@ def tables(rows: Sequence[Row], rounds: int) -> str:
                 f"{med(r.cpu_ms, n, level):.1f}" for n in ("adapter", "mlx_lm.server", "today")
             )
             throughput.append(
-                f"| {r.model} | {level} | {ours:.1f} | {theirs:.1f} | {ours / theirs:.2f} "
-                f"| {today:.1f} | {ours / today:.2f} | {cpu} |"
+                f"| {r.model} | {'yes' if r.banned else 'no'} | {level} | {ours:.1f} "
+                f"| {theirs:.1f} "
+                f"| {ratio(r.tps, 'mlx_lm.server', level):.2f} "
+                f"| {today:.1f} | {ratio(r.tps, 'today', level):.2f} | {cpu} |"
             )
         for name, runs in r.ttft.items():
             ttft = [statistics.median(turn) for turn in zip(*runs, strict=True)]
@@ -498,9 +542,15 @@ def tables(rows: Sequence[Row], rounds: int) -> str:
             gone.append(f"| {r.model} | {mode} | {busy} | {d['cpu_s']:.1f} | {d['tokens']:.0f} |")
     out = [
         *_section(
-            "| model | sessions | adapter tok/s | mlx_lm.server tok/s | adapter / server "
+            "| model | EOS banned | sessions | adapter tok/s | mlx_lm.server tok/s "
+            "| adapter / server "
             "| today tok/s | adapter / today | CPU ms/token adapter / server / today |",
             throughput,
+        ),
+        *_section(
+            "| model | rows | bare decode step ms (median) | tok/s | most a batching server can "
+            "gain over one at a time: rows x step(1) / step(rows) |",
+            ceiling,
         ),
         *_section(
             "| model | system | TTFT turn 1..5 (ms, median per turn) | turn 5 / turn 1 "
@@ -518,7 +568,10 @@ def tables(rows: Sequence[Row], rounds: int) -> str:
             gone,
         ),
     ]
-    out.append(f"\n(median of {rounds} rounds; rounds alternate the systems)")
+    out.append(
+        f"\n(median of {rounds} rounds; rounds alternate the systems; a ratio is the median "
+        "of the rounds' ratios)"
+    )
     return "\n".join(out)
 
 
@@ -529,8 +582,14 @@ async def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--parts",
         nargs="+",
-        default=["throughput", "chat", "cancel", "disconnect"],
-        choices=["throughput", "chat", "cancel", "disconnect"],
+        default=["throughput", "ceiling", "chat", "cancel", "disconnect"],
+        choices=["throughput", "ceiling", "chat", "cancel", "disconnect"],
+    )
+    parser.add_argument(
+        "--ban-eos",
+        action="store_true",
+        help="ban the end-of-turn token in the throughput runs of every model, not only "
+        "where answers would end early",
     )
     parser.add_argument(
         "--today",
