@@ -31,7 +31,8 @@ Figures:
 - chat TTFT: a 5-turn chat (ADK ``Runner`` for the adapters, the same messages for the
   server), time to the first token of each turn; turn 5 / turn 1;
 - cancel one of 8: tokens computed for it after its cancel (the worker's own count) and
-  the other sessions' token rate just before and after the cancel (a window of four steps);
+  the other sessions' token rate just before and after the cancel (a window of four steps,
+  at least 0.5 s, within the time all of them decode);
 - mlx_lm.server after a client disconnects mid-answer (streaming and not): the CPU time
   its process keeps burning, and the tokens that buys at its measured rate.
 
@@ -423,8 +424,18 @@ def _dip(result: dict[str, Any]) -> dict[str, Any]:
     # Long enough for several steps of the batch (a SmolLM2 step of 8 is ~2 s here).
     window = max(0.5, 4 * statistics.median(every)) if every else 0.5
 
+    # Only while every other session decodes: a window reaching back before their first
+    # token (the cancel may come a fraction of a second in) or past their last one would
+    # count their absence as a dip.
+    stamps = [s["stamps"] for s in result["others"] if s["stamps"]]
+    first = max((x[0] for x in stamps), default=t - window)
+    last = min((x[-1] for x in stamps), default=t + window)
+
     def rate(a: float, b: float) -> float:
-        n = sum(1 for s in result["others"] for x in s["stamps"] if a <= x < b)
+        a, b = max(a, first), min(b, last)
+        if b <= a:
+            return float("nan")
+        n = sum(1 for x in stamps for y in x if a <= y < b)
         return n / (b - a)
 
     gaps = [
