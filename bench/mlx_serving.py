@@ -268,12 +268,12 @@ class Row:
     cancel: dict[str, Any] = field(default_factory=dict)
     disconnect: dict[str, dict[str, float]] = field(default_factory=dict)
     cpu_ms: dict[str, dict[int, list[float]]] = field(default_factory=dict)
+    """Per system and level: the serving process's CPU ms per generated token (prefill
+    included), less swayed than wall time by what else runs on the machine."""
     banned: bool = False
     """Whether the throughput runs banned the end-of-turn token (a logits processor)."""
     step_s: dict[int, float] = field(default_factory=dict)
     """The bare model's decode step per batch size (``ceiling``)."""
-    """Per system and level: the serving process's CPU ms per generated token (prefill
-    included), less swayed than wall time by what else runs on the machine."""
 
     def add(
         self, name: str, level: int, sessions: list[dict[str, Any]], cpu_s: float, expect: int
