@@ -216,7 +216,8 @@ async def test_a_tools_subprocesses_stop_when_another_worker_cancels(
     a, b = workers
     sid, task = await start(http, a, app="subprocess_agent", text="tool 60")
     [job] = await until(lambda: a.observed("job_started", sid))
-    assert len(group_members(job["pgid"])) == 3
+    # The job is reported once its shell starts: wait for both ``sleep`` to be forked too.
+    await until(lambda: len(group_members(job["pgid"])) == 3, what="sh and two sleep running")
     answer = await http.post(b.url + session_path(sid, "subprocess_agent") + ":cancel")
     answered = time.monotonic()
     assert answer.status_code == 200 and answer.json()["runs"][0]["stopped_by"] == "abort"
