@@ -509,6 +509,8 @@ def test_a_forced_cancel_during_a_session_write_lets_the_write_finish(tmp_path: 
         )
         assert service.held.wait(10)
         canceller, cancelled = start_in_thread(lambda: client.post(session_path(sid) + ":cancel"))
+        # stop_ms counts from the cancel's arrival: hold the write 0.6 s past that.
+        wait_until(lambda: active_runs(client, sid)[0]["status"] == "cancelling")
         time.sleep(0.6)  # past the grace period: the force is due, the write still held
         service.release.set()
         thread.join(10)

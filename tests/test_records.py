@@ -161,7 +161,12 @@ async def test_a_disconnect_is_recorded_on_each_route() -> None:
                 request.cancel()  # the client leaves mid-run
                 with pytest.raises(asyncio.CancelledError):
                     await request
-                records = await asyncio.to_thread(wait_until, lambda: listed(url, sid))  # noqa: B023
+                # "all" lists the run while it is still being cancelled: wait for its record.
+                records = await asyncio.to_thread(
+                    wait_until,
+                    lambda: listed(url, sid, "cancelled"),  # noqa: B023
+                )
+                assert await asyncio.to_thread(listed, url, sid, "all") == records
                 assert [(r["status"], r["cancelled_by"], r["route"]) for r in records] == [
                     ("cancelled", "disconnect", route)
                 ]
@@ -172,8 +177,9 @@ async def test_a_disconnect_is_recorded_on_each_route() -> None:
             await ws.send(json.dumps({"content": {"role": "user", "parts": [{"text": "tool 30"}]}}))
             while not await asyncio.to_thread(listed, url, sid, None):
                 await asyncio.sleep(0.01)
-        records = await asyncio.to_thread(wait_until, lambda: listed(url, sid))
+        records = await asyncio.to_thread(wait_until, lambda: listed(url, sid, "cancelled"))
         assert [(r["status"], r["cancelled_by"]) for r in records] == [("cancelled", "disconnect")]
+        assert await asyncio.to_thread(listed, url, sid, "all") == records
 
 
 def test_records_are_bounded_per_session_and_in_time() -> None:

@@ -230,7 +230,11 @@ def test_rollback_without_adks_web_server_uses_a_runner_of_the_runs_own(
             daemon=True,
         )
         thread.start()
-        wait_until(lambda: any(o["event"] == "tool_started" for o in observed))
+        wait_until(
+            lambda: any(
+                o["event"] == "tool_started" and o.get("session_id") == sid for o in observed
+            )
+        )
         answer = client.post("/run", json=run_body(sid, "quick", app="recording_agent"))
         assert answer.status_code == 200, answer.text
         [replaced] = json.loads(answer.headers["x-adk-replaced"])

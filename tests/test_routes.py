@@ -59,13 +59,15 @@ def test_another_users_path_cannot_cancel_or_list_a_run(
         target=lambda: client.post("/run", json=run_body(sid, "tool 30")), daemon=True
     )
     thread.start()
-    wait_until(lambda: any(o["event"] == "tool_started" for o in observed))
+    wait_until(
+        lambda: any(o["event"] == "tool_started" and o.get("session_id") == sid for o in observed)
+    )
     intruder = session_path(sid, user="mallory")
     assert client.get(intruder + "/runs").json()["runs"] == []
     assert client.post(intruder + ":cancel").status_code == 404
     assert client.post(session_path(sid, app="other_app") + ":cancel").status_code == 404
     assert len(client.get(session_path(sid) + "/runs").json()["runs"]) == 1
-    assert not any(o["event"] == "tool_cancelled" for o in observed)
+    assert not any(o["event"] == "tool_cancelled" and o.get("session_id") == sid for o in observed)
 
     assert client.post(session_path(sid) + ":cancel").status_code == 200
     thread.join(5)

@@ -237,7 +237,11 @@ def test_a_backend_without_leases_gets_this_workers_decision(observed: list[Any]
             target=lambda: client.post("/run", json=run_body(sid, "tool 30")), daemon=True
         )
         thread.start()
-        wait_until(lambda: any(o["event"] == "tool_started" for o in observed))
+        wait_until(
+            lambda: any(
+                o["event"] == "tool_started" and o.get("session_id") == sid for o in observed
+            )
+        )
         refused = client.post("/run", json=run_body(sid, "quick"))
         assert refused.status_code == 409, refused.text
         assert [r["route"] for r in refused.json()["runs"]] == ["run"]

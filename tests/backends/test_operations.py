@@ -30,6 +30,7 @@ pytestmark = [
 class Worker(ServerProcess):
     def __init__(self, name: str, redis_url: str, workdir: Path) -> None:
         self.name = name
+        self.peer: Worker | None = None  # the other worker, set once both exist
         self.events = workdir / f"{name}-events.jsonl"
         self.events.write_text("")
         super().__init__(
@@ -58,6 +59,7 @@ def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Worker, 
     workdir = tmp_path_factory.mktemp("operations")
     redis = RedisServer(free_port(), workdir).start()
     pair = (Worker("a", redis.url, workdir), Worker("b", redis.url, workdir))
+    pair[0].peer, pair[1].peer = pair[1], pair[0]
     try:
         for worker in pair:
             worker.start(wait=False)
@@ -93,14 +95,19 @@ async def start(
     text: str = "tool 30",
     route: str = "run",
 ) -> tuple[str, asyncio.Task[httpx.Response]]:
-    """A run on ``worker``, once the other worker lists it with its invocation id."""
+    """A run on ``worker``, once both workers list it with its invocation id (the other
+    sees it only once the holder's announcement has reached Redis)."""
     sid = await new_session(http, worker, app, user)
     body = run_body(sid, text, app=app, user=user, streaming=route == "run_sse")
     task = asyncio.create_task(http.post(f"{worker.url}/{route}", json=body))
 
     async def seen_everywhere() -> bool:
-        runs = await listed(http, worker, sid, app, user)
-        return bool(runs) and all(r["invocation_id"] for r in runs)
+        for each in (worker, worker.peer):
+            assert each is not None
+            runs = await listed(http, each, sid, app, user)
+            if not runs or not all(r["invocation_id"] for r in runs):
+                return False
+        return True
 
     await until(seen_everywhere)
     return sid, task

@@ -178,7 +178,7 @@ async def test_cancel_while_reading_a_prompt_beside_a_batch(
     assert stopped.stopped_by == "abort" and stopped.generated_tokens == 0
     assert 1 <= stopped.prefill_tokens < stopped.prompt_tokens - 1000
     assert stopped.prefill_chunks >= 3
-    assert stopped.cancel_to_idle_s is not None and stopped.cancel_to_idle_s < 0.1
+    assert stopped.cancel_to_idle_s is not None and stopped.cancel_to_idle_s < 0.25
     for i, task in enumerate(decoding):
         answer, stats = await task
         assert (answer, recorders[i].tokens) == alone[i]

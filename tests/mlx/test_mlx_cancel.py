@@ -321,8 +321,11 @@ async def test_long_prompt_prefill_is_interruptible(worker: amlx.MlxWorker) -> N
     assert stats.generated_tokens == 0
     assert 1 <= stats.prefill_tokens < stats.prompt_tokens - 1000
     assert stats.prefill_chunks >= 5
-    assert stats.max_prefill_chunk_s < 0.1
-    assert stats.cancel_to_idle_s is not None and stats.cancel_to_idle_s < 0.1
+    # Chunks aim at 2 ms; the bounds leave room for a loaded machine (a preemption, or a
+    # garbage collection holding the GIL, lands inside a chunk) and still catch a prefill
+    # done in one piece (seconds for this prompt).
+    assert stats.max_prefill_chunk_s < 0.25, stats.max_prefill_chunk_s
+    assert stats.cancel_to_idle_s is not None and stats.cancel_to_idle_s < 0.25
 
 
 async def test_event_loop_stays_responsive_while_generating(worker: amlx.MlxWorker) -> None:
@@ -345,7 +348,9 @@ async def test_event_loop_stays_responsive_while_generating(worker: amlx.MlxWork
     assert responses[-1].finish_reason == types.FinishReason.MAX_TOKENS
     assert len(lags) > 100
     p99 = statistics.quantiles(lags, n=100)[98]
-    assert p99 < 0.010, f"heartbeat lag p50 {statistics.median(lags):.4f}s p99 {p99:.4f}s"
+    # Quiet, p99 is ~1 ms; with two CPU hogs on two cores, up to ~9 ms. A loop held by the
+    # model would lag by whole prefill or generation calls (hundreds of ms).
+    assert p99 < 0.025, f"heartbeat lag p50 {statistics.median(lags):.4f}s p99 {p99:.4f}s"
 
 
 async def test_shutdown_stops_the_running_generation_and_a_new_worker_takes_over(
