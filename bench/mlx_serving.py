@@ -355,34 +355,36 @@ async def bench_model(plan: Plan, args: argparse.Namespace, today_path: Path | N
                     cpu_s = server.cpu_s() - cpu0
                     row.add("mlx_lm.server", level, sessions, cpu_s, plan.max_tokens)
 
-            print(f"{plan.model}: chat TTFT", file=sys.stderr)
-            for driver in systems.values() if "chat" in args.parts else ():
-                # A first ADK run pays one-time costs (imports, first graph shapes).
-                await driver.run(
-                    task="chat", model=model, messages=["Hi"], max_tokens=2, instruction="Hi."
-                )
-            for rnd in range(args.rounds if "chat" in args.parts else 0):
-                # Each round its own conversation: nothing of the last round's is reused.
-                messages = [f"(Chat {rnd + 1}.) {CHAT[0]}", *CHAT[1:]]
-                for name, driver in systems.items():
-                    result = await driver.run(
-                        task="chat",
-                        model=model,
-                        messages=messages,
-                        max_tokens=plan.chat_tokens,
-                        instruction=INSTRUCTION,
+            if "chat" in args.parts:
+                print(f"{plan.model}: chat TTFT", file=sys.stderr)
+                for driver in systems.values():
+                    # A first ADK run pays one-time costs (imports, first graph shapes).
+                    await driver.run(
+                        task="chat", model=model, messages=["Hi"], max_tokens=2, instruction="Hi."
                     )
-                    row.ttft.setdefault(name, []).append([t["ttft"] for t in result["turns"]])
-                    if name == "adapter":
-                        row.cached = [t["cached_tokens"] for t in result["turns"]]
-                history = [{"role": "system", "content": INSTRUCTION}]
-                ttfts = []
-                for text in messages:
-                    history.append({"role": "user", "content": text})
-                    answer = await server.session(client, history, plan.chat_tokens, [])
-                    ttfts.append(answer["stamps"][0] - answer["began"] if answer["stamps"] else 0)
-                    history.append({"role": "assistant", "content": answer["text"]})
-                row.ttft.setdefault("mlx_lm.server", []).append(ttfts)
+                for rnd in range(args.rounds):
+                    # Each round its own conversation: nothing of the last round's is reused.
+                    messages = [f"(Chat {rnd + 1}.) {CHAT[0]}", *CHAT[1:]]
+                    for name, driver in systems.items():
+                        result = await driver.run(
+                            task="chat",
+                            model=model,
+                            messages=messages,
+                            max_tokens=plan.chat_tokens,
+                            instruction=INSTRUCTION,
+                        )
+                        row.ttft.setdefault(name, []).append([t["ttft"] for t in result["turns"]])
+                        if name == "adapter":
+                            row.cached = [t["cached_tokens"] for t in result["turns"]]
+                    history = [{"role": "system", "content": INSTRUCTION}]
+                    ttfts = []
+                    for text in messages:
+                        history.append({"role": "user", "content": text})
+                        answer = await server.session(client, history, plan.chat_tokens, [])
+                        stamps = answer["stamps"]
+                        ttfts.append(stamps[0] - answer["began"] if stamps else 0)
+                        history.append({"role": "assistant", "content": answer["text"]})
+                    row.ttft.setdefault("mlx_lm.server", []).append(ttfts)
 
             if "ceiling" in args.parts:
                 print(f"{plan.model}: bare decode steps", file=sys.stderr)
