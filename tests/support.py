@@ -25,11 +25,17 @@ __all__ = [
     "group_members",
     "memory_services",
     "message",
+    "observed_of",
     "run_body",
     "serve",
     "session_path",
     "wait_until",
 ]
+
+
+def observed_of(observed: list[dict[str, Any]], sid: str, event: str) -> list[dict[str, Any]]:
+    """The test agents' records of ``event`` for session ``sid`` (of ``observed``)."""
+    return [o for o in observed if o["event"] == event and o.get("session_id") == sid]
 
 
 def memory_services() -> dict[str, Any]:

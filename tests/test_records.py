@@ -16,7 +16,7 @@ import httpx
 import pytest
 import websockets
 from fastapi.testclient import TestClient
-from support import build_app, run_body, serve, session_path, wait_until
+from support import build_app, observed_of, run_body, serve, session_path, wait_until
 
 from adk_cancel import SessionKey
 
@@ -47,10 +47,6 @@ def listed(
         answer = client.get(path, params=params)
     assert answer.status_code == 200, answer.text
     return list(answer.json()["runs"])
-
-
-def tool_started(observed: list[dict[str, Any]], sid: str) -> bool:
-    return any(o["event"] == "tool_started" and o.get("session_id") == sid for o in observed)
 
 
 def start(client: TestClient, route: str, sid: str, text: str, app: str = "slow_agent") -> Any:
@@ -87,7 +83,7 @@ def test_runs_cancelled_by_a_request_abort_or_force(
         thread = start(shared_client, route, sid, "tool 30", app)
         # Listed is not yet in the tool: a cancel before the stubborn tool starts is obeyed
         # by the agent's next abort check, and the run is stopped by abort, not force.
-        wait_until(functools.partial(tool_started, observed, sid))
+        wait_until(functools.partial(observed_of, observed, sid, "tool_started"))
         answer = shared_client.post(session_path(sid, app) + ":cancel", json={"reason": "stop!"})
         [outcome] = answer.json()["runs"]
         thread.join(5)

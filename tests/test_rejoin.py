@@ -21,7 +21,7 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import build_app, run_body, serve, session_path, wait_until
+from support import build_app, observed_of, run_body, serve, session_path, wait_until
 
 from adk_cancel.testing import SseEvent, events_path, parse_sse, unanswered_calls
 
@@ -57,10 +57,6 @@ def server_errors(caplog: pytest.LogCaptureFixture) -> Callable[[], list[str]]:
         ]
 
     return errors
-
-
-def tool_events(observed: list[dict[str, Any]], sid: str, kind: str) -> list[dict[str, Any]]:
-    return [o for o in observed if o["event"] == kind and o.get("session_id") == sid]
 
 
 def stored_events(url: str, sid: str) -> list[dict[str, Any]]:
@@ -174,7 +170,7 @@ async def test_a_client_leaving_under_continue_lets_the_run_finish(
     async with httpx.AsyncClient(base_url=base_url, timeout=20) as client:
         body = run_body(sid, "tool 1", streaming=route == "run_sse")
         request = asyncio.create_task(client.post(f"/{route}", json=body, headers=CONTINUE))
-        while not tool_events(observed, sid, "tool_started"):
+        while not observed_of(observed, sid, "tool_started"):
             await asyncio.sleep(0.01)
         request.cancel()  # closes the connection mid-run
         with pytest.raises(asyncio.CancelledError):
@@ -185,8 +181,8 @@ async def test_a_client_leaving_under_continue_lets_the_run_finish(
         )
         assert run["on_disconnect"] == "continue" and run["status"] == "running"
         await asyncio.to_thread(wait_until, lambda: runs(base_url, sid) == [], 10)
-    assert tool_events(observed, sid, "tool_finished")
-    assert not tool_events(observed, sid, "tool_cancelled")
+    assert observed_of(observed, sid, "tool_finished")
+    assert not observed_of(observed, sid, "tool_cancelled")
     events = stored_events(base_url, sid)
     assert not [e for e in events if e.get("errorCode")]  # nothing aborted it
     assert unanswered_calls(events) == []
@@ -276,7 +272,7 @@ async def test_cancel_of_a_run_nobody_is_attached_to(
         )
         assert first.headers is not None
         run_id = first.headers["x-adk-run-id"]
-        while not tool_events(observed, sid, "tool_started"):
+        while not observed_of(observed, sid, "tool_started"):
             await asyncio.sleep(0.01)
         await asyncio.to_thread(
             wait_until, lambda: [r for r in runs(base_url, sid) if r["detached"]], 5
@@ -296,7 +292,7 @@ async def test_cancel_of_a_run_nobody_is_attached_to(
         last = reader.events[-1]
         assert last.event == "cancelled" and last.id == reader.ids[-1]
         assert last.json()["cancelled"]["reason"] == "nobody is reading"
-    assert tool_events(observed, sid, "tool_cancelled")
+    assert observed_of(observed, sid, "tool_cancelled")
     assert runs(base_url, sid) == []
     assert unanswered_calls(stored_events(base_url, sid)) == []
     assert server_errors() == []

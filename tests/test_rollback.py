@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from google.adk.cli.service_registry import get_service_registry
 from google.adk.errors import StaleSessionError
 from google.adk.sessions.sqlite_session_service import SqliteSessionService
-from support import TEST_AGENTS, session_path, until, wait_until
+from support import TEST_AGENTS, observed_of, session_path, until, wait_until
 from turns import (
     ROUTES,
     Server,
@@ -230,11 +230,7 @@ def test_rollback_without_adks_web_server_uses_a_runner_of_the_runs_own(
             daemon=True,
         )
         thread.start()
-        wait_until(
-            lambda: any(
-                o["event"] == "tool_started" and o.get("session_id") == sid for o in observed
-            )
-        )
+        wait_until(lambda: observed_of(observed, sid, "tool_started"))
         answer = client.post("/run", json=run_body(sid, "quick", app="recording_agent"))
         assert answer.status_code == 200, answer.text
         [replaced] = json.loads(answer.headers["x-adk-replaced"])

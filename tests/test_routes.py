@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from support import run_body, session_path, wait_until
+from support import observed_of, run_body, session_path, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -59,15 +59,13 @@ def test_another_users_path_cannot_cancel_or_list_a_run(
         target=lambda: client.post("/run", json=run_body(sid, "tool 30")), daemon=True
     )
     thread.start()
-    wait_until(
-        lambda: any(o["event"] == "tool_started" and o.get("session_id") == sid for o in observed)
-    )
+    wait_until(lambda: observed_of(observed, sid, "tool_started"))
     intruder = session_path(sid, user="mallory")
     assert client.get(intruder + "/runs").json()["runs"] == []
     assert client.post(intruder + ":cancel").status_code == 404
     assert client.post(session_path(sid, app="other_app") + ":cancel").status_code == 404
     assert len(client.get(session_path(sid) + "/runs").json()["runs"]) == 1
-    assert not any(o["event"] == "tool_cancelled" and o.get("session_id") == sid for o in observed)
+    assert not observed_of(observed, sid, "tool_cancelled")
 
     assert client.post(session_path(sid) + ":cancel").status_code == 200
     thread.join(5)

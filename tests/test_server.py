@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 import websockets
-from support import build_app, run_body, serve, session_path, wait_until
+from support import build_app, observed_of, run_body, serve, session_path, wait_until
 
 from adk_cancel.testing import unanswered_calls
 
@@ -40,10 +40,6 @@ def runs(url: str, sid: str) -> list[dict[str, Any]]:
 
 def runs_of(url: str, sid: str, app: str = "slow_agent") -> list[dict[str, Any]]:
     return list(httpx.get(url + session_path(sid, app) + "/runs").json()["runs"])
-
-
-def tool_events(observed: list[dict[str, Any]], sid: str, kind: str) -> list[dict[str, Any]]:
-    return [o for o in observed if o["event"] == kind and o.get("session_id") == sid]
 
 
 def live_url(base_url: str, sid: str) -> str:
@@ -77,7 +73,7 @@ async def assert_stopped_and_usable(
 ) -> None:
     """The agent saw the cancellation, no run is left, the stored session answers every
     function call, and the session takes another turn."""
-    await asyncio.to_thread(wait_until, lambda: tool_events(observed, sid, "tool_cancelled"), 2.0)
+    await asyncio.to_thread(wait_until, lambda: observed_of(observed, sid, "tool_cancelled"), 2.0)
     await asyncio.to_thread(wait_until, lambda: runs(base_url, sid) == [], 2.0)
     assert unanswered_calls(stored_events(base_url, sid)) == []
     follow_up = httpx.post(base_url + "/run", json=run_body(sid, "quick"), timeout=10)
@@ -100,7 +96,7 @@ async def test_sse_client_receives_final_cancelled_event(
 
         reader = asyncio.create_task(read_stream())
         try:
-            while not tool_events(observed, sid, "tool_started"):
+            while not observed_of(observed, sid, "tool_started"):
                 await asyncio.sleep(0.01)
             answer = await client.post(session_path(sid) + ":cancel", json={"reason": "enough"})
             assert answer.status_code == 200
@@ -126,7 +122,7 @@ async def test_http_client_disconnect_aborts_the_run(
     async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
         body = run_body(sid, "tool 30", streaming=route == "run_sse")
         request = asyncio.create_task(client.post(f"/{route}", json=body))
-        while not tool_events(observed, sid, "tool_started"):
+        while not observed_of(observed, sid, "tool_started"):
             await asyncio.sleep(0.01)
         assert len(runs(base_url, sid)) == 1
         request.cancel()  # closes the connection mid-run
@@ -145,7 +141,7 @@ async def test_websocket_client_disconnect_ends_live_run(
     sid = new_session(base_url)
     async with websockets.connect(live_url(base_url, sid)) as ws:
         await ws.send(json.dumps({"content": {"role": "user", "parts": [{"text": "tool 30"}]}}))
-        while not tool_events(observed, sid, "tool_started"):
+        while not observed_of(observed, sid, "tool_started"):
             await asyncio.sleep(0.01)
         assert [r["route"] for r in runs(base_url, sid)] == ["run_live"]
     await assert_stopped_and_usable(base_url, observed, sid)
@@ -160,7 +156,7 @@ async def test_live_cancel_over_a_real_websocket(
     sid = new_session(base_url)
     async with websockets.connect(live_url(base_url, sid)) as ws:
         await ws.send(json.dumps({"content": {"role": "user", "parts": [{"text": "tool 30"}]}}))
-        while not tool_events(observed, sid, "tool_started"):
+        while not observed_of(observed, sid, "tool_started"):
             await asyncio.sleep(0.01)
         async with httpx.AsyncClient(base_url=base_url) as client:
             answer = await client.post(session_path(sid) + ":cancel")

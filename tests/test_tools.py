@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 import pytest
 from fastapi.testclient import TestClient
-from support import build_app, group_members, run_body, session_path, wait_until
+from support import build_app, group_members, observed_of, run_body, session_path, wait_until
 
 from adk_cancel.testing import unanswered_calls
 from adk_cancel.tools import on_cancel, run_abort, subprocess_exec, subprocess_shell
@@ -35,10 +35,6 @@ GONE_WITHIN_S = 0.2
 def client() -> Iterator[TestClient]:
     with TestClient(build_app(cancel_grace_s=0.5)) as c:
         yield c
-
-
-def observed_of(observed: list[dict[str, Any]], sid: str, event: str) -> list[dict[str, Any]]:
-    return [o for o in observed if o["event"] == event and o.get("session_id") == sid]
 
 
 @pytest.mark.parametrize("route", ["run", "run_sse", "run_live"])

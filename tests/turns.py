@@ -16,7 +16,7 @@ import websockets
 from google.adk.events.event import Event
 from google.adk.sessions.sqlite_session_service import SqliteSessionService
 from observations import OBSERVED
-from support import TEST_AGENTS, build_app, run_body, serve, session_path
+from support import TEST_AGENTS, build_app, observed_of, run_body, serve, session_path
 
 from adk_cancel.testing import unanswered_calls
 
@@ -243,7 +243,7 @@ async def cancel(
 
 
 def noted(kind: str, sid: str) -> list[dict[str, Any]]:
-    return [o for o in OBSERVED if o["event"] == kind and o.get("session_id") == sid]
+    return observed_of(OBSERVED, sid, kind)
 
 
 def prompts(sid: str) -> list[list[dict[str, Any]]]:

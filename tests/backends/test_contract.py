@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from support import TEST_AGENTS, memory_services, run_body, session_path, wait_until
+from support import TEST_AGENTS, memory_services, observed_of, run_body, session_path, wait_until
 
 import adk_cancel
 from adk_cancel import CancelledRun, CancelOrder, RunInfo, SessionKey
@@ -268,11 +268,7 @@ def test_http_cancel_and_list_on_one_worker(
             target=lambda: client.post("/run", json=run_body(sid, "tool 30")), daemon=True
         )
         thread.start()
-        wait_until(
-            lambda: any(
-                o["event"] == "tool_started" and o.get("session_id") == sid for o in observed
-            )
-        )
+        wait_until(lambda: observed_of(observed, sid, "tool_started"))
         [listed] = client.get(session_path(sid) + "/runs").json()["runs"]
         answer = client.post(session_path(sid) + ":cancel")
         assert answer.status_code == 200, answer.text
@@ -280,7 +276,7 @@ def test_http_cancel_and_list_on_one_worker(
         assert run["run_id"] == listed["run_id"]
         assert (run["stopped"], run["stopped_by"]) == (True, "abort")
         thread.join(5)
-        assert any(o["event"] == "tool_cancelled" and o.get("session_id") == sid for o in observed)
+        assert observed_of(observed, sid, "tool_cancelled")
         assert client.get(session_path(sid) + "/runs").json()["runs"] == []
         follow_up = client.post("/run", json=run_body(sid, "quick"))
         assert follow_up.status_code == 200, follow_up.text
@@ -395,11 +391,7 @@ def test_custom_backend_object(observed: list[dict[str, Any]]) -> None:
             target=lambda: client.post("/run", json=run_body(sid, "tool 30")), daemon=True
         )
         thread.start()
-        wait_until(
-            lambda: any(
-                o["event"] == "tool_started" and o.get("session_id") == sid for o in observed
-            )
-        )
+        wait_until(lambda: observed_of(observed, sid, "tool_started"))
         announced = [v for n, v in backend.calls if n == "announce" and v.session_id == sid]
         assert announced and announced[-1].invocation_id is not None
         assert announced[-1].worker == registry.node_id
@@ -428,11 +420,7 @@ def test_custom_backend_object(observed: list[dict[str, Any]]) -> None:
         )
         observed.clear()
         thread.start()
-        wait_until(
-            lambda: any(
-                o["event"] == "tool_started" and o.get("session_id") == sid for o in observed
-            )
-        )
+        wait_until(lambda: observed_of(observed, sid, "tool_started"))
         # Listing the session: this worker's run, and a word that others were not asked.
         listed = client.get(session_path(sid) + "/runs")
         assert listed.status_code == 200, listed.text

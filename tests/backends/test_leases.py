@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from support import build_app, run_body, session_path, wait_until
+from support import build_app, observed_of, run_body, session_path, wait_until
 
 from adk_cancel import SessionKey
 from adk_cancel.backends import (
@@ -237,11 +237,7 @@ def test_a_backend_without_leases_gets_this_workers_decision(observed: list[Any]
             target=lambda: client.post("/run", json=run_body(sid, "tool 30")), daemon=True
         )
         thread.start()
-        wait_until(
-            lambda: any(
-                o["event"] == "tool_started" and o.get("session_id") == sid for o in observed
-            )
-        )
+        wait_until(lambda: observed_of(observed, sid, "tool_started"))
         refused = client.post("/run", json=run_body(sid, "quick"))
         assert refused.status_code == 409, refused.text
         assert [r["route"] for r in refused.json()["runs"]] == ["run"]
