@@ -140,6 +140,16 @@ class _ScriptedConnection(BaseLlmConnection):
     async def send_realtime(self, blob: types.Blob) -> None:
         return None
 
+    async def send_context_update(
+        self,
+        *,
+        system_instruction: str | None = None,
+        tools: types.ToolListUnion | None = None,
+    ) -> None:
+        # Abstract since google-adk 2.15 (absent in 2.13 and 2.14): the script keeps no
+        # instruction or tools, so there is nothing to replace.
+        return None
+
     async def receive(self) -> AsyncGenerator[LlmResponse, None]:
         while True:
             content = await self._inbox.get()
