@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI
 
+from ._adk.checks import check_adk
+from ._adk.web_server import WebServer, find_web_server
 from ._middleware import CancelMiddleware
 from ._options import CancelOptions
 from ._registry import RunRegistry
@@ -18,22 +21,10 @@ from ._routes import add_routes_first, build_router
 from ._shutdown import GracefulShutdown, drain, run_app_shutdown_hooks
 from ._writes import session_writes
 
+logger = logging.getLogger("adk_cancel")
+
 PLUGIN_PATH = "adk_cancel.CANCEL_PLUGIN"
 """Dotted path of the plugin instance, for ADK's ``extra_plugins``."""
-
-
-def _find_web_server(app: FastAPI) -> Any | None:
-    """ADK keeps its AdkWebServer only in its route handlers' closures."""
-    for route in app.router.routes:
-        endpoint = getattr(route, "endpoint", None)
-        for cell in getattr(endpoint, "__closure__", None) or ():
-            try:
-                value = cell.cell_contents
-            except ValueError:
-                continue
-            if all(hasattr(value, a) for a in ("runner_dict", "extra_plugins", "runners_to_clean")):
-                return value
-    return None
 
 
 def install(app: FastAPI, **options: Any) -> RunRegistry:
@@ -54,18 +45,21 @@ def _install(app: FastAPI, settings: CancelOptions) -> RunRegistry:
     if getattr(app.state, "adk_cancel", None) is not None:
         raise RuntimeError("adk-cancel is already installed on this app")
     registry = RunRegistry(settings)
-    server = _find_web_server(app)
+    found = find_web_server(app)
+    server = WebServer(found) if found is not None else None
+    # Before adk-cancel adds its routes: an ADK that serves its own :cancel is told apart.
+    for finding in check_adk(app, server is not None):
+        (logger.warning if finding.lost else logger.info)("%s", finding.line())
     default_app = os.environ.get("ADK_DEFAULT_APP_NAME")
+    get_runner = None
     if server is not None:
-        if getattr(server, "session_service", None) is not None:
+        if server.session_service is not None:
             # Before any run writes: the first write of the first run counts too.
             session_writes(server.session_service)
-        if PLUGIN_PATH not in server.extra_plugins:
-            server.extra_plugins.append(PLUGIN_PATH)
-            server.runners_to_clean.update(server.runner_dict)
-        default_app = getattr(server, "default_app_name", None) or default_app
+        server.add_plugin(PLUGIN_PATH)
+        default_app = server.default_app_name or default_app
+        get_runner = server.get_runner
     registry.plugin_installed = server is not None
-    get_runner = getattr(server, "get_runner_async", None) if server is not None else None
     try:
         app.add_middleware(
             CancelMiddleware,

@@ -9,6 +9,7 @@ from google.adk.plugins.base_plugin import BasePlugin
 
 from . import _metrics
 from ._abort_source import bind_abort_source
+from ._adk.invocation import invocation_of
 from ._deadline import note_event
 from ._partial import on_run_event
 from ._registry import current_run
@@ -60,8 +61,7 @@ class CancelPlugin(BasePlugin):
         # ADK gets round to cancelling its task.
         # The invocation, not the callback context: what is bound lives as long as the
         # run's task, and the context (with its state delta) would be kept alive by it.
-        invocation = getattr(callback_context, "_invocation_context", None)
-        bind_abort_source(invocation if invocation is not None else callback_context)
+        bind_abort_source(invocation_of(callback_context))
         return None
 
     async def on_event_callback(

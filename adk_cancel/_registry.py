@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from . import _metrics
+from ._adk.invocation import abort
 from ._models import (
     CancelledRun,
     DisconnectPolicy,
@@ -175,7 +176,7 @@ class RunEntry(_Weakly):
         if self.cancel_order is not None:
             # The cancel arrived while ADK was still loading the session: abort before the
             # agent starts, so it never runs.
-            ic.abort()
+            abort(ic)
         self.registry.backend.announce(self.info())
 
     def request_cancel(self, order: CancelOrder) -> None:
@@ -191,7 +192,7 @@ class RunEntry(_Weakly):
         self.cancel_mono = time.monotonic()
         if self.invocation_context is not None:
             # Abort right here rather than in the watcher task: it saves a loop turn.
-            self.invocation_context.abort()
+            abort(self.invocation_context)
         self.cancel_requested.set()
         if self.on_cancel is not None:
             self.on_cancel()

@@ -35,10 +35,11 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
-from google.adk.errors import InvocationNotFoundError
 from google.adk.events.event import Event
 from google.adk.events.event_actions import EventActions
 
+from ._adk.rewind import InvocationNotFoundError, can_rewind, rewind
+from ._adk.version import adk_version
 from ._registry import RunEntry
 
 if TYPE_CHECKING:
@@ -126,6 +127,13 @@ async def roll_back(entry: RunEntry, get_runner: GetRunner | None) -> None:
         runner = await _runner(entry, get_runner)
     except Exception as exc:
         last_error = exc
+    if runner is not None and not can_rewind(type(runner)):
+        not_rolled_back(
+            entry,
+            f"google-adk {adk_version()} has no Runner.rewind_async: the session is left "
+            "interrupted and sealed",
+        )
+        return
     nothing = f"{NOTHING}: the session holds no event of invocation {invocation_id}"
     for attempt, delay in enumerate(RETRY_DELAYS_S if runner is not None else ()):
         await anyio.sleep(delay)
@@ -139,10 +147,11 @@ async def roll_back(entry: RunEntry, get_runner: GetRunner | None) -> None:
                 not_rolled_back(entry, nothing)
                 return
             if where == "pending":
-                await runner.rewind_async(
+                await rewind(
+                    runner,
                     user_id=key.user_id,
                     session_id=key.session_id,
-                    rewind_before_invocation_id=invocation_id,
+                    before_invocation_id=invocation_id,
                 )
             # One read of the rewound session serves both corrections.
             after = await _read(service, entry)

@@ -16,13 +16,15 @@ import logging
 import re
 import signal
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from types import FrameType
 from typing import Any
 
 import click
 from fastapi import FastAPI
 
+from ._adk.commands import adk_command as adk_click_command
+from ._adk.commands import app_factory_replaced
 from ._options import CancelOptions
 from .cli import CONTEXT_SETTINGS, cancel_option_params, pop_cancel_options
 
@@ -31,9 +33,7 @@ logger = logging.getLogger("adk_cancel")
 
 def adk_command(name: str, short_help: str) -> click.Command:
     """ADK's ``name`` command (``api_server`` or ``web``) with the cancel options."""
-    from google.adk.cli import cli_tools_click
-
-    adk = {"api_server": cli_tools_click.cli_api_server, "web": cli_tools_click.cli_web}[name]
+    adk = adk_click_command(name)
     adk_callback = adk.callback
     assert adk_callback is not None
 
@@ -84,22 +84,15 @@ class _Serving:
 @contextlib.contextmanager
 def _adk_builds_our_app(settings: CancelOptions, serving: _Serving) -> Iterator[None]:
     """While ADK's own command runs, its ``get_fast_api_app`` builds our app; undone after."""
-    from google.adk.cli import fast_api
-
     from ._install import build_app
 
-    adk_factory = fast_api.get_fast_api_app
-
-    def ours(**adk_kwargs: Any) -> Any:
+    def ours(adk_factory: Callable[..., Any], adk_kwargs: dict[str, Any]) -> Any:
         app = build_app(adk_factory, settings, adk_kwargs)
         serving.watch(app, _chat_url(adk_kwargs) if settings.chat else None)
         return app
 
-    fast_api.get_fast_api_app = ours
-    try:
+    with app_factory_replaced(ours):
         yield
-    finally:
-        fast_api.get_fast_api_app = adk_factory
 
 
 def _chat_url(adk_kwargs: dict[str, Any]) -> str:

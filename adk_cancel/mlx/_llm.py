@@ -8,15 +8,15 @@ import logging
 import uuid
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from google.adk.models._capabilities import LlmCapabilities
 from google.adk.models.base_llm import BaseLlm
 from google.adk.models.llm_request import LlmRequest
 from google.adk.models.llm_response import LlmResponse
 from google.genai import types
 from pydantic import BaseModel, Field, field_validator
 
+from .._adk.models import with_capabilities
 from ._abort import current_abort_probe
 from ._catalog import DEFAULT_MODEL, MODEL_PREFIX, check
 from ._events import Channel, Failed, Finished, JobStats, MalformedToolCall, TextPiece, ToolCall
@@ -24,6 +24,9 @@ from ._generation import GenerationJob
 from ._prompt import ChatRequest, chat_request
 from ._sampling import LogitsProcessorFactory
 from ._worker import MlxWorker, get_worker
+
+if TYPE_CHECKING:
+    from .._adk.models import LlmCapabilities
 
 logger = logging.getLogger("adk_cancel.mlx")
 
@@ -83,7 +86,7 @@ class MlxLlm(BaseLlm):
     def capabilities(self) -> LlmCapabilities:
         # Function calling goes through the chat template; there is no constrained
         # decoding, so an output schema is only asked for in the prompt.
-        return LlmCapabilities(output_schema_and_tools=False)
+        return with_capabilities(super().capabilities, output_schema_and_tools=False)
 
     def preload(self) -> concurrent.futures.Future[None]:
         """Prepare and load the model on the worker now, so the first answer is faster."""

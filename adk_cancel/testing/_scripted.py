@@ -24,10 +24,11 @@ import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 
 from google.adk.models.base_llm import BaseLlm
-from google.adk.models.base_llm_connection import BaseLlmConnection
 from google.adk.models.llm_request import LlmRequest
 from google.adk.models.llm_response import LlmResponse
 from google.genai import types
+
+from .._adk.models import BaseLlmConnection
 
 WORD_DELAY_S = 0.1
 DEFAULT_TOOL_S = 30.0
