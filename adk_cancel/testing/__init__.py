@@ -3,7 +3,8 @@
 - :class:`ScriptedLlm`: a deterministic model that needs no API key, streams slowly and
   calls a slow tool, so there is something to cancel.
 - :func:`serve` (an app in a thread), :class:`ServerProcess` (``adk-cancel api_server`` in a
-  child process), :class:`RedisServer` (a throwaway ``redis-server``), :func:`free_port`.
+  child process), :class:`RedisServer` (a throwaway ``redis-server``), :class:`PostgresServer`
+  (a throwaway PostgreSQL cluster, for ADK's ``DatabaseSessionService``), :func:`free_port`.
 - :class:`SimpleNode`: a minimal run registry, to test a ``CancelBackend`` without a server.
 - :func:`run_body`, :func:`session_path`: request bodies and paths of ADK's API server.
 - :func:`unanswered_calls`: the invariant a cancel must keep, read from stored events;
@@ -23,7 +24,7 @@ import httpx
 
 from ._node import SimpleNode
 from ._scripted import ScriptedLlm
-from ._servers import RedisServer, ServerProcess, free_port, serve
+from ._servers import PostgresServer, RedisServer, ServerProcess, free_port, serve
 from ._sse import SseEvent, events_path, parse_sse
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from google.genai import types
 
 __all__ = [
+    "PostgresServer",
     "RedisServer",
     "ScriptedLlm",
     "ServerProcess",

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -249,6 +250,149 @@ class RedisServer:
 
     def __enter__(self) -> RedisServer:
         return self.start() if self.process is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _postgres_version(bindir: Path) -> tuple[int, ...]:
+    # /usr/lib/postgresql/<major>/bin: the major version is the folder above ``bin``.
+    try:
+        return tuple(int(part) for part in bindir.parent.name.split("."))
+    except ValueError:
+        return (0,)
+
+
+def postgres_bindir() -> Path:
+    """The folder of PostgreSQL's ``initdb`` and ``pg_ctl``: Debian's newest
+    ``/usr/lib/postgresql/*/bin``, else wherever ``PATH`` has them (Debian keeps them off it)."""
+    found = [p.parent for p in Path("/usr/lib/postgresql").glob("*/bin/initdb")]
+    if found:
+        return max(found, key=_postgres_version)
+    initdb = shutil.which("initdb")
+    if initdb is not None and shutil.which("pg_ctl", path=str(Path(initdb).parent)):
+        return Path(initdb).parent
+    raise RuntimeError(
+        "PostgreSQL's initdb and pg_ctl are neither under /usr/lib/postgresql/*/bin nor on "
+        "PATH: apt-get install postgresql (or put a PostgreSQL bin folder on PATH)"
+    )
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster (``initdb -A trust``) in a temporary folder, on a
+    loopback port, with one database; :attr:`url` is what ADK's ``DatabaseSessionService``
+    (and ``--session_service_uri``) takes. :meth:`stop` ends it and removes the folder.
+
+    PostgreSQL refuses to run as root: as root (CI), the cluster is made and run by the
+    unprivileged ``os_user`` (``postgres``, which Debian's package creates), and the folder is
+    made in the system's temporary directory, which that user can reach (a pytest ``tmp_path``
+    under root's 0700 folders it could not). Durability is turned off: nothing here outlives
+    the test, and fsyncs made the chaos test's session writes several times slower.
+    """
+
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        database: str = "adk",
+        user: str = "adk",
+        bindir: str | Path | None = None,
+        os_user: str = "postgres",
+    ) -> None:
+        self._fixed_port = port
+        self.port = port or free_port()
+        self.database = database
+        self.user = user
+        self.bindir = Path(bindir) if bindir is not None else postgres_bindir()
+        self.os_user = os_user if os.geteuid() == 0 else None
+        self.root: Path | None = None
+
+    @property
+    def url(self) -> str:
+        """``postgresql+asyncpg://user@127.0.0.1:PORT/database`` (trust: no password)."""
+        return f"postgresql+asyncpg://{self.user}@127.0.0.1:{self.port}/{self.database}"
+
+    @property
+    def data_dir(self) -> Path:
+        assert self.root is not None, "not started"
+        return self.root / "data"
+
+    def _run(self, *argv: str, as_owner: bool = True) -> None:
+        """Run one of PostgreSQL's programs (as the cluster's owner); raises with its output."""
+        owner: dict[str, Any] = {}
+        if as_owner and self.os_user is not None:
+            owner = {"user": self.os_user, "group": self.os_user, "extra_groups": []}
+        try:
+            subprocess.run(
+                [str(self.bindir / argv[0]), *argv[1:]],
+                check=True,
+                capture_output=True,
+                timeout=120,
+                cwd=self.root,  # the owner may not be allowed into our working directory
+                **owner,
+            )
+        except subprocess.CalledProcessError as exc:
+            output = (exc.stdout or b"").decode(errors="replace")
+            output += (exc.stderr or b"").decode(errors="replace")
+            log = self.root / "server.log" if self.root is not None else None
+            if log is not None and log.exists():
+                output += "\n--- server.log ---\n" + log.read_text(errors="replace")[-3000:]
+            raise RuntimeError(
+                f"PostgreSQL's {argv[0]} failed ({exc.returncode}):\n{output}"
+            ) from exc
+
+    def start(self) -> PostgresServer:
+        assert self.root is None, "already running"
+        self.root = Path(tempfile.mkdtemp(prefix="adk-cancel-pg-"))
+        try:
+            if self.os_user is not None:
+                shutil.chown(self.root, self.os_user, self.os_user)
+            self._run("initdb", "-D", str(self.data_dir), "-A", "trust", "-U", self.user,
+                      "-E", "UTF8", "--no-locale", "--no-sync")  # fmt: skip
+            self._start_server()
+            self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user,
+                      self.database, as_owner=False)  # fmt: skip
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_server(self) -> None:
+        # The port was free a moment ago; another process may take it before PostgreSQL
+        # binds. A fixed port is the caller's to keep free; a chosen one is chosen again.
+        root = self.data_dir.parent
+        attempts = 1 if self._fixed_port else 10
+        for attempt in range(attempts):
+            options = (
+                f"-p {self.port} -k {root} -c listen_addresses=127.0.0.1 "
+                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+            )
+            try:
+                self._run("pg_ctl", "-D", str(self.data_dir), "-l", str(root / "server.log"),
+                          "-w", "-t", "60", "-o", options, "start")  # fmt: skip
+                return
+            except RuntimeError:
+                if attempt == attempts - 1:
+                    raise
+                self.port = free_port()
+
+    def stop(self) -> None:
+        """Stop the cluster at once (``-m immediate``: it is thrown away) and remove it."""
+        root, self.root = self.root, None
+        if root is None:
+            return
+        try:
+            if (root / "data" / "postmaster.pid").exists():
+                self.root = root
+                try:
+                    self._run("pg_ctl", "-D", str(root / "data"), "-m", "immediate", "-w", "stop")
+                finally:
+                    self.root = None
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+    def __enter__(self) -> PostgresServer:
+        return self.start() if self.root is None else self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
