@@ -11,8 +11,8 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from ._adk.checks import check_adk
-from ._adk.web_server import WebServer, find_web_server
+from .adk.checks import check_adk
+from .adk.web_server import WebServer, find_web_server
 from ._middleware import CancelMiddleware
 from ._options import CancelOptions
 from ._registry import RunRegistry

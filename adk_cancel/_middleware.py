@@ -79,16 +79,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qs
 
 import anyio
-
-if sys.version_info < (3, 11):
-    pass
 
 from . import _deadline, _metrics, _partial
 from ._busy import Refusal, SessionGate, policy_from

@@ -9,7 +9,7 @@ from google.adk.plugins.base_plugin import BasePlugin
 
 from . import _metrics
 from ._abort_source import bind_abort_source
-from ._adk.invocation import invocation_of
+from .adk.invocation import invocation_of
 from ._deadline import note_event
 from ._partial import on_run_event
 from ._registry import current_run

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from . import _metrics
-from ._adk.invocation import abort
+from .adk.invocation import abort
 from ._models import (
     CancelledRun,
     DisconnectPolicy,

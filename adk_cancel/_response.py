@@ -15,15 +15,11 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import quote
-
-if sys.version_info < (3, 11):
-    from exceptiongroup import BaseExceptionGroup
 
 from ._registry import RunEntry
 

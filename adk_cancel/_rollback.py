@@ -38,8 +38,8 @@ import anyio
 from google.adk.events.event import Event
 from google.adk.events.event_actions import EventActions
 
-from ._adk.rewind import InvocationNotFoundError, can_rewind, rewind
-from ._adk.version import adk_version
+from .adk.rewind import InvocationNotFoundError, can_rewind, rewind
+from .adk.version import adk_version
 from ._registry import RunEntry
 
 if TYPE_CHECKING:

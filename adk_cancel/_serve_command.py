@@ -23,8 +23,8 @@ from typing import Any
 import click
 from fastapi import FastAPI
 
-from ._adk.commands import adk_command as adk_click_command
-from ._adk.commands import app_factory_replaced
+from .adk.commands import adk_command as adk_click_command
+from .adk.commands import app_factory_replaced
 from ._options import CancelOptions
 from .cli import CONTEXT_SETTINGS, cancel_option_params, pop_cancel_options
 

@@ -16,7 +16,7 @@ from google.adk.models.llm_response import LlmResponse
 from google.genai import types
 from pydantic import BaseModel, Field, field_validator
 
-from .._adk.models import with_capabilities
+from ..adk.models import with_capabilities
 from ._abort import current_abort_probe
 from ._catalog import DEFAULT_MODEL, MODEL_PREFIX, check
 from ._events import Channel, Failed, Finished, JobStats, MalformedToolCall, TextPiece, ToolCall
@@ -26,7 +26,7 @@ from ._sampling import LogitsProcessorFactory
 from ._worker import MlxWorker, get_worker
 
 if TYPE_CHECKING:
-    from .._adk.models import LlmCapabilities
+    from ..adk.models import LlmCapabilities
 
 logger = logging.getLogger("adk_cancel.mlx")
 

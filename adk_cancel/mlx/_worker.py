@@ -422,7 +422,7 @@ def shutdown(timeout: float | None = 30.0) -> bool:
     return worker.shutdown(timeout) if worker is not None else True
 
 
-async def ashutdown(timeout: float | None = 30.0) -> bool:
+async def ashutdown(timeout: float | None = 30.0) -> bool:  # noqa: ASYNC109 (the worker thread's join, in a thread)
     """:func:`shutdown` without blocking the event loop."""
     import asyncio
 

@@ -28,7 +28,7 @@ from google.adk.models.llm_request import LlmRequest
 from google.adk.models.llm_response import LlmResponse
 from google.genai import types
 
-from .._adk.models import BaseLlmConnection
+from ..adk.models import BaseLlmConnection
 
 WORD_DELAY_S = 0.1
 DEFAULT_TOOL_S = 30.0

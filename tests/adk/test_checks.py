@@ -1,4 +1,4 @@
-"""Each ADK hook of the seam (``adk_cancel._adk``), removed: installing says which guarantee
+"""Each ADK hook of the seam (``adk_cancel.adk``), removed: installing says which guarantee
 is lost, naming the google-adk version, and what still works keeps working."""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from support import build_app, until
 from turns import assert_well_formed, cancel, new_session, serve_app, start, stored
 
 import adk_cancel
-from adk_cancel._adk import version
-from adk_cancel._adk.checks import check_adk
-from adk_cancel._adk.version import adk_version, outside_tested_range
+from adk_cancel.adk import version
+from adk_cancel.adk.checks import check_adk
+from adk_cancel.adk.version import adk_version, outside_tested_range
 
 served = contextlib.contextmanager(serve_app)
 
@@ -149,6 +149,7 @@ def test_a_google_adk_outside_the_tested_range_is_a_warning(
 
 def test_the_tested_range_is_the_one_pyproject_declares() -> None:
     import tomllib
+
     from support import ROOT
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]

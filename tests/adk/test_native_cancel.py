@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import HTTPException
 from support import until
 from turns import Server as Served
 from turns import assert_well_formed, new_session, start, stored
@@ -24,46 +24,38 @@ APP = "recording_agent"
 
 
 def _with_native_cancel(calls: list[str]) -> Any:
-    """The app ADK would build with PR #5983: its cancel route ahead of the session routes."""
+    """The app ADK would build with PR #5983: its cancel route ahead of the session routes,
+    cancelling the task it registered for the session."""
+    from google.adk.cli.fast_api import get_fast_api_app
+    from support import TEST_AGENTS, memory_services
 
-    def adk_factory(**kwargs: Any) -> FastAPI:
-        from google.adk.cli.fast_api import get_fast_api_app
+    app = get_fast_api_app(
+        agents_dir=str(TEST_AGENTS),
+        extra_plugins=[adk_cancel.PLUGIN_PATH],
+        **memory_services(),
+    )
+    tasks: dict[str, asyncio.Task[Any]] = {}
 
-        app = get_fast_api_app(**kwargs)
-        tasks: dict[str, asyncio.Task[Any]] = {}
+    @app.post("/apps/{app_name}/users/{user_id}/sessions/{session_id}:cancel")
+    async def cancel_session(app_name: str, user_id: str, session_id: str) -> Any:
+        calls.append(session_id)
+        task = tasks.get(session_id)
+        if task is None:
+            raise HTTPException(404, detail=f"No active run for session {session_id}")
+        task.cancel()
+        return {"status": "cancelled", "session_id": session_id}
 
-        @app.post("/apps/{app_name}/users/{user_id}/sessions/{session_id}:cancel")
-        async def cancel_session(app_name: str, user_id: str, session_id: str) -> Any:
-            calls.append(session_id)
-            task = tasks.get(session_id)
-            if task is None:
-                from fastapi import HTTPException
-
-                raise HTTPException(404, detail=f"No active run for session {session_id}")
-            task.cancel()
-            return {"status": "cancelled", "session_id": session_id}
-
-        added = app.router.routes.pop()
-        app.router.routes.insert(0, added)
-        return app
-
-    return adk_factory
+    app.router.routes.insert(0, app.router.routes.pop())
+    return app
 
 
 async def test_adk_s_own_cancel_is_told_apart_and_ours_answers_a_superset(
     tmp_path: Path, http: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from support import TEST_AGENTS, memory_services
-
-    import adk_cancel._install as install
-
     caplog.set_level(logging.INFO, logger="adk_cancel")
     calls: list[str] = []
-    app = install.build_app(
-        _with_native_cancel(calls),
-        adk_cancel.CancelOptions(),
-        {"agents_dir": str(TEST_AGENTS), **memory_services()},
-    )
+    app = _with_native_cancel(calls)
+    adk_cancel.install(app)
     [note] = [r.getMessage() for r in caplog.records if "its own" in r.getMessage()]
     assert "ADK serves its own /apps/{app_name}/users/{user_id}/sessions/{session_id}:cancel" in (
         note
