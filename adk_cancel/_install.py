@@ -11,8 +11,6 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from .adk.checks import check_adk
-from .adk.web_server import WebServer, find_web_server
 from ._middleware import CancelMiddleware
 from ._options import CancelOptions
 from ._registry import RunRegistry
@@ -20,6 +18,8 @@ from ._rejoin import build_rejoin_router
 from ._routes import add_routes_first, build_router
 from ._shutdown import GracefulShutdown, drain, run_app_shutdown_hooks
 from ._writes import session_writes
+from .adk.checks import check_adk
+from .adk.web_server import WebServer, find_web_server
 
 logger = logging.getLogger("adk_cancel")
 

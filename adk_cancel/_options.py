@@ -7,6 +7,7 @@ A new option is one field here.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, get_args
@@ -222,6 +223,13 @@ class CancelOptions:
             raise ValueError(f"max_queued must be a whole number >= 1, got {self.max_queued!r}")
         if isinstance(self.cancel_backend, str):
             check_backend_url(self.cancel_backend)
+        if self.metrics and (missing := _missing_prometheus()) is not None:
+            # Refused with the options, so that the CLI says it in one usage line, not in a
+            # traceback when the app is built.
+            raise ValueError(
+                f"metrics=True (--metrics) needs the Prometheus exporter ({missing} is not "
+                "installed): pip install 'adk-cancel[prometheus]'"
+            )
 
     @classmethod
     def names(cls) -> frozenset[str]:
@@ -233,3 +241,15 @@ class CancelOptions:
         names = cls.names()
         ours = {k: v for k, v in kwargs.items() if k in names}
         return cls(**ours), {k: v for k, v in kwargs.items() if k not in names}
+
+
+def _missing_prometheus() -> str | None:
+    """The first module ``/metrics`` needs that is not installed, or None."""
+    for module in ("prometheus_client", "opentelemetry.exporter.prometheus", "opentelemetry.sdk"):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:  # a parent package is missing
+            found = False
+        if not found:
+            return module
+    return None

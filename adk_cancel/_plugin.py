@@ -9,11 +9,11 @@ from google.adk.plugins.base_plugin import BasePlugin
 
 from . import _metrics
 from ._abort_source import bind_abort_source
-from .adk.invocation import invocation_of
 from ._deadline import note_event
 from ._partial import on_run_event
 from ._registry import current_run
 from ._rollback import remember_state
+from .adk.invocation import invocation_of
 
 if TYPE_CHECKING:
     from google.adk.agents.callback_context import CallbackContext

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from . import _metrics
-from .adk.invocation import abort
 from ._models import (
     CancelledRun,
     DisconnectPolicy,
@@ -31,6 +30,7 @@ from ._order import CancelOrder
 from ._records import RunRecords
 from ._stream import RunStream, RunStreams
 from ._writes import SessionWrites, session_writes
+from .adk.invocation import abort
 from .backends import (
     BackendUnavailable,
     CancelBackend,

@@ -38,9 +38,9 @@ import anyio
 from google.adk.events.event import Event
 from google.adk.events.event_actions import EventActions
 
+from ._registry import RunEntry
 from .adk.rewind import InvocationNotFoundError, can_rewind, rewind
 from .adk.version import adk_version
-from ._registry import RunEntry
 
 if TYPE_CHECKING:
     from google.adk.agents.invocation_context import InvocationContext

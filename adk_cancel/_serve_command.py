@@ -23,9 +23,9 @@ from typing import Any
 import click
 from fastapi import FastAPI
 
+from ._options import CancelOptions
 from .adk.commands import adk_command as adk_click_command
 from .adk.commands import app_factory_replaced
-from ._options import CancelOptions
 from .cli import CONTEXT_SETTINGS, cancel_option_params, pop_cancel_options
 
 logger = logging.getLogger("adk_cancel")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -130,10 +130,48 @@ def _session_path(app: str, user: str, session: str) -> str:
     return f"/apps/{app}/users/{user}/sessions/{session}"
 
 
+if TYPE_CHECKING:
+    _ParamType = click.ParamType[Any, Any]  # generic only in newer click: not at run time
+else:
+    _ParamType = click.ParamType
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+class ServerUrl(_ParamType):
+    """``--url``: an http:// or https:// address with a host, checked before any request."""
+
+    name = "url"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(str(value))
+            parts.port  # noqa: B018 (parsing the port is the check)
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            self.fail(
+                f"{value!r} is not a server address: give one such as http://127.0.0.1:8000",
+                param,
+                ctx,
+            )
+        return str(value)
+
+
+def _url_option() -> Callable[[_F], _F]:
+    return click.option(
+        "--url",
+        type=ServerUrl(),
+        default="http://127.0.0.1:8000",
+        show_default=True,
+        help="The server's address.",
+    )
+
+
 _client_options = [
-    click.option(
-        "--url", default="http://127.0.0.1:8000", show_default=True, help="The server's address."
-    ),
+    _url_option(),
     click.option("--app", "app_name", required=True, help="App (agent directory) name."),
     click.option("--user", "user_id", required=True, help="User id of the session."),
     click.option("--session", "session_id", required=True, help="Session id."),
@@ -177,6 +215,8 @@ def _cancel(url: str, path: str, body: dict[str, Any], timeout_s: float | None) 
     cancel) or 2 (any other error)."""
     body = {k: v for k, v in body.items() if v is not None}
     response = _call("POST", url, path, json=body, timeout=(timeout_s or 30) + 5)
+    if response.status_code == 404:
+        _say_if_no_such_app(url, path)
     try:
         warning = response.json().get("warning")
     except (ValueError, AttributeError):
@@ -194,7 +234,8 @@ def _call(method: str, url: str, path: str, **kwargs: Any) -> httpx.Response:
     try:
         response = httpx.request(method, url.rstrip("/") + path, **kwargs)
     except httpx.HTTPError as exc:
-        click.echo(f"Could not reach {url}: {exc}. Is the server running?", err=True)
+        why = str(exc).rstrip(".") or type(exc).__name__
+        click.echo(f"Could not reach {url} ({why}). Is the server running?", err=True)
         sys.exit(2)
     try:
         click.echo(json.dumps(response.json(), indent=2))
@@ -242,9 +283,7 @@ def cancel_command(
 
 
 @main.command("cancel_user")
-@click.option(
-    "--url", default="http://127.0.0.1:8000", show_default=True, help="The server's address."
-)
+@_url_option()
 @click.option("--app", "app_name", required=True, help="App (agent directory) name.")
 @click.option("--user", "user_id", required=True, help="User id whose runs to stop.")
 @_with_cancel_options
@@ -278,7 +317,27 @@ def runs_command(
     params = {"status": status} if status is not None else None
     path = _session_path(app_name, user_id, session_id) + "/runs"
     response = _call("GET", url, path, params=params, timeout=10)
+    if response.status_code == 200 and _say_if_no_such_app(url, path):
+        sys.exit(2)
     sys.exit(0 if response.status_code == 200 else 2)
+
+
+def _say_if_no_such_app(url: str, path: str) -> bool:
+    """Whether the server serves no app of ``path``'s name, said on stderr with the names it
+    serves: an empty list or a 404 for a mistyped --app would otherwise look like "no run"."""
+    import httpx
+
+    app_name = path.split("/")[2]
+    try:
+        answer = httpx.get(url.rstrip("/") + "/list-apps", timeout=10)
+        apps = answer.json() if answer.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return False  # not ADK's server, or it did not answer: nothing to say
+    if not isinstance(apps, list) or app_name in apps:
+        return False
+    served = ", ".join(str(a) for a in apps) or "none"
+    click.echo(f"warning: {url} serves no app {app_name!r} (it serves: {served})", err=True)
+    return True
 
 
 if __name__ == "__main__":

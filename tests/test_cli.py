@@ -183,29 +183,74 @@ def test_wrong_seconds_are_usage_errors(
     assert adk_factory_calls == []
 
 
-def test_a_redis_backend_without_the_redis_extra_says_how_to_install_it(tmp_path: Path) -> None:
-    # A child process in which redis-py cannot be imported, as on an install without the extra.
+def _without(module: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``adk-cancel *args`` in a child process in which ``module`` cannot be imported, as on
+    an install without the extra that brings it."""
     code = (
-        "import sys; sys.modules['redis'] = None\n"
+        f"import sys; sys.modules[{module!r}] = None\n"
         "from adk_cancel.cli import main\n"
         "main(prog_name='adk-cancel')\n"
     )
-    url = f"redis://127.0.0.1:{free_port()}/0"
-    done = subprocess.run(
-        [sys.executable, "-c", code, "api_server", "--cancel_backend", url, str(TEST_AGENTS)],
-        capture_output=True,
-        text=True,
-        timeout=60,
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60
     )
+
+
+def test_a_redis_backend_without_the_redis_extra_says_how_to_install_it(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"redis://:secretpw@127.0.0.1:{port}/0"
+    done = _without("redis", "api_server", "--cancel_backend", url, str(TEST_AGENTS))
     assert done.returncode == 2, done.stderr
-    assert f"Invalid value for '--cancel_backend': The cancel backend {url!r} needs redis-py" in (
+    shown = f"redis://:***@127.0.0.1:{port}/0"
+    assert f"Invalid value for '--cancel_backend': The cancel backend {shown!r} needs redis-py" in (
         done.stderr
     )
+    assert "secretpw" not in done.stderr
     assert "pip install 'adk-cancel[redis]'" in done.stderr
     assert "Traceback" not in done.stderr and "backend=" not in done.stderr
     # Nothing started: ADK logs its services and uvicorn its process as they come up.
     assert "service" not in done.stderr and "Started server process" not in done.stderr
     assert done.stdout == ""
+
+
+def test_metrics_without_the_prometheus_extra_is_a_one_line_usage_error() -> None:
+    done = _without("prometheus_client", "api_server", "--metrics", str(TEST_AGENTS))
+    assert done.returncode == 2, done.stderr
+    [error] = [line for line in done.stderr.splitlines() if line.startswith("Error: ")]
+    assert "--metrics" in error and "prometheus_client is not installed" in error
+    assert "pip install 'adk-cancel[prometheus]'" in error
+    assert "Traceback" not in done.stderr and "Started server process" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("query", "says"),
+    [
+        (
+            "announce_ttl=5",
+            "unknown option 'announce_ttl' in the cancel backend URL "
+            "redis://:***@127.0.0.1:6391/0?announce_ttl=5 (did you mean announce_ttl_s?)",
+        ),
+        ("announce_ttl_s=abc", "announce_ttl_s='abc' is not a number: give seconds"),
+        ("op_timeout_s=0", "op_timeout_s='0' must be greater than 0"),
+        ("key_prefix=", "key_prefix must not be empty"),
+    ],
+)
+def test_a_bad_option_in_the_backend_url_is_a_usage_error(
+    query: str, says: str, adk_factory_calls: list[Any]
+) -> None:
+    url = f"redis://:secretpw@127.0.0.1:6391/0?{query}"
+    result = CliRunner().invoke(main, ["api_server", "--cancel_backend", url, str(TEST_AGENTS)])
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--cancel_backend'" in result.output and says in result.output
+    assert "secretpw" not in result.output and "Traceback" not in result.output
+    assert adk_factory_calls == []
+
+
+def test_redis_pys_own_url_options_pass() -> None:
+    from adk_cancel.backends import check_backend_url
+
+    check_backend_url("redis://127.0.0.1/0?socket_timeout=3&health_check_interval=2")
+    check_backend_url("rediss://127.0.0.1/0?ssl_cert_reqs=none&announce_ttl_s=4")
 
 
 # ---- the command builds our app through ADK's, and undoes that -------------------------
@@ -380,6 +425,44 @@ def test_cancel_command_reports_unreachable_with_2() -> None:
     args = ["--app", "a", "--user", "u", "--session", "s"]
     gone = CliRunner().invoke(main, ["cancel", "--url", f"http://127.0.0.1:{free_port()}", *args])
     assert gone.exit_code == 2 and "Is the server running?" in gone.output
+    assert ".." not in gone.output
+
+
+@pytest.mark.parametrize("command", ["runs", "cancel"])
+@pytest.mark.parametrize("url", ["notaurl", "127.0.0.1:8000", "ftp://h", "http://", "http://h:x"])
+def test_a_url_that_is_no_server_address_is_a_usage_error(command: str, url: str) -> None:
+    args = [command, "--url", url, "--app", "a", "--user", "u", "--session", "s"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '--url': {url!r} is not a server address: give one such as " in (
+        result.output
+    )
+    assert "Is the server running" not in result.output
+
+
+@pytest.fixture(scope="module")
+def our_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    log = tmp_path_factory.mktemp("ours") / "server.log"
+    with ServerProcess(TEST_AGENTS, *MEMORY, "--no_chat", log_path=log) as server:
+        yield server.url
+
+
+def test_a_mistyped_app_is_said_not_answered_as_no_run(our_url: str) -> None:
+    session = ["--url", our_url, "--user", "u", "--session", "s"]
+    for command, code in (("runs", 2), ("cancel", 1)):
+        result = CliRunner().invoke(main, [command, "--app", "slow_agnet", *session])
+        assert result.exit_code == code, result.output
+        assert f"warning: {our_url} serves no app 'slow_agnet' (it serves: " in (result.output)
+        assert "slow_agent" in result.output
+
+
+def test_a_served_app_gets_no_warning(our_url: str) -> None:
+    result = CliRunner().invoke(
+        main,
+        ["cancel", "--url", our_url, "--app", "slow_agent", "--user", "u", "--session", "s"],
+    )
+    assert result.exit_code == 1 and "No active run" in result.output
+    assert "warning" not in result.output
 
 
 # ---- real servers ---------------------------------------------------------------------

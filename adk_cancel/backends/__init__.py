@@ -22,6 +22,7 @@ from ._base import (
     StreamBackend,
 )
 from ._leases import LocalLeases
+from ._url import check_options, redact
 from .memory import MemoryBackend
 
 if TYPE_CHECKING:
@@ -51,16 +52,19 @@ def check_backend_url(url: str) -> None:
     """Raise ``ValueError`` saying what to do if ``url`` names no backend this install can
     build; checks the scheme and that its extra is installed, connects to nothing."""
     scheme = urlsplit(url).scheme.lower() if "://" in url else ""
+    shown = redact(url)  # errors are printed and logged: never with the password
     if scheme not in SUPPORTED_SCHEMES:
         raise ValueError(
-            f"{url!r} is not a cancel backend URL: use memory:// (one process), "
+            f"{shown!r} is not a cancel backend URL: use memory:// (one process), "
             "redis://host:port/db, rediss://host:port/db (TLS) or unix:///path/to/redis.sock"
         )
-    if scheme in _REDIS_SCHEMES and importlib.util.find_spec("redis") is None:
-        raise ValueError(
-            f"The cancel backend {url!r} needs redis-py, which is not installed: "
-            "pip install 'adk-cancel[redis]'"
-        )
+    if scheme in _REDIS_SCHEMES:
+        if importlib.util.find_spec("redis") is None:
+            raise ValueError(
+                f"The cancel backend {shown!r} needs redis-py, which is not installed: "
+                "pip install 'adk-cancel[redis]'"
+            )
+        check_options(url)
 
 
 def backend_from_url(url: str) -> CancelBackend:

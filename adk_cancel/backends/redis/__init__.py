@@ -4,7 +4,7 @@ Every process announces its runs in Redis with a TTL, lists the runs other proce
 a session, and sends cancels to their holders over pub/sub; see ``RedisBackend``. One concern
 per module:
 
-- ``_options``: the options, as keywords or URL query parameters;
+- ``.._url``: the options, as keywords or URL query parameters, and the redacted URL;
 - ``_keys``: the key layout, and the encoding that makes any id safe in a key;
 - ``_wire``: the JSON written to Redis (run entries, cancel requests, replies);
 - ``_link``: the connection's life (one state), the reader, reconnects and outages;

@@ -24,8 +24,8 @@ from redis.asyncio import Redis
 from ..._models import CancelledRun, RunInfo, SessionKey
 from ..._order import CancelOrder
 from ..._stream import StreamPage, StreamWrite
+from .. import _url as _options
 from .._base import BackendUnavailable, LeaseAnswer, LeaseMode, LocalNode
-from . import _options
 from ._keys import KeyLayout, show
 from ._lease import LEASE_POLL_S, RedisLeases, stop_task
 from ._link import FAILURES, Link, State, not_connected
@@ -72,6 +72,7 @@ class RedisBackend:
         reply_margin_s: float | None = None,
         reconnect_interval_s: float | None = None,
     ) -> None:
+        _options.check_options(url)  # an unknown option: refused here, not by redis-py later
         redis_url, options = _options.split_options(url)
         self.url = redis_url
         self.display_url = _options.redact(redis_url)
