@@ -389,6 +389,23 @@ def test_models_list_says_prepared_or_how_to_prepare(tmp_path: Path) -> None:
     assert "mlx/smollm2-135m\n" in after.output
     for result in (before, prepared, after):
         assert result.output.endswith("\n")
+    quiet = runner.invoke(
+        main, ["models", "prepare", "tiny-random", "--cache_dir", str(tmp_path), "--quiet"]
+    )
+    assert quiet.exit_code == 0 and quiet.stdout == "", quiet.output
+
+
+def test_a_scripted_run_logs_no_warning(our_url: str) -> None:
+    """The slow sample agent's model reports its usage: ADK's "Skipping missing token usage
+    metadata" warning buried the chat page's address on every run."""
+    import httpx
+
+    from adk_cancel.testing import run_body
+
+    sid = httpx.post(f"{our_url}/apps/slow_agent/users/u/sessions", json={}).json()["id"]
+    answer = httpx.post(f"{our_url}/run", json=run_body(sid, "quick", app="slow_agent"), timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()[-1]["usageMetadata"]["candidatesTokenCount"] == 5
 
 
 @pytest.mark.parametrize(
@@ -441,10 +458,16 @@ def test_a_url_that_is_no_server_address_is_a_usage_error(command: str, url: str
 
 
 @pytest.fixture(scope="module")
-def our_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def our_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     log = tmp_path_factory.mktemp("ours") / "server.log"
     with ServerProcess(TEST_AGENTS, *MEMORY, "--no_chat", log_path=log) as server:
-        yield server.url
+        yield server
+    assert "Skipping missing token usage metadata" not in server.log()
+
+
+@pytest.fixture
+def our_url(our_server: ServerProcess) -> str:
+    return our_server.url
 
 
 def test_a_mistyped_app_is_said_not_answered_as_no_run(our_url: str) -> None:

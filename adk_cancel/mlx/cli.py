@@ -25,10 +25,13 @@ def models() -> None:
     help=_CACHE_HELP,
 )
 @click.option("--force", is_flag=True, help="Prepare again even if already prepared.")
-def prepare(names: tuple[str, ...], cache_dir: Path | None, force: bool) -> None:
+@click.option(
+    "--quiet", is_flag=True, help="Print no directory (a conversion still shows its progress)."
+)
+def prepare(names: tuple[str, ...], cache_dir: Path | None, force: bool, quiet: bool) -> None:
     """Convert NAME (default: smollm2-135m) into an mlx-lm model directory.
 
-    Prints the directory of each model; agents then use model="mlx/NAME".
+    Prints the directory of each model (unless --quiet); agents then use model="mlx/NAME".
     """
     try:
         import mlx.core  # noqa: F401
@@ -44,7 +47,8 @@ def prepare(names: tuple[str, ...], cache_dir: Path | None, force: bool) -> None
             )
         except _catalog.ModelNotFoundError as exc:
             raise click.ClickException(str(exc)) from exc
-        click.echo(str(path))
+        if not quiet:
+            click.echo(str(path))
 
 
 @models.command("list")

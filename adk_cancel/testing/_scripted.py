@@ -115,9 +115,19 @@ class ScriptedLlm(BaseLlm):
                     function_call=types.FunctionCall(name=self.tool_name, args={"seconds": call})
                 )
             )
+        # Counted in words, as a real model reports tokens: without usage, ADK's telemetry
+        # logs "Skipping missing token usage metadata" on every run of a scripted agent.
+        prompt = sum(
+            len((p.text or "").split()) for c in llm_request.contents for p in c.parts or []
+        )
         yield LlmResponse(
             content=types.ModelContent(parts=parts),
             finish_reason=types.FinishReason.STOP,
+            usage_metadata=types.GenerateContentResponseUsageMetadata(
+                prompt_token_count=prompt,
+                candidates_token_count=len(words),
+                total_token_count=prompt + len(words),
+            ),
         )
 
     @contextlib.asynccontextmanager
