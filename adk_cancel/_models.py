@@ -53,7 +53,8 @@ class SessionKey(NamedTuple):
 class CancelRequest(BaseModel):
     """Optional JSON body of ``POST .../sessions/{session_id}:cancel``."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Strict: JSON types as they are ("yes" is no boolean, "5" no number of seconds).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     invocation_id: str | None = Field(
         default=None, min_length=1, description="Cancel only this invocation of the session."

@@ -53,6 +53,11 @@ _RUNS_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+_ONE_STATUS = "(" + "|".join(STATUS_FILTERS) + ")"
+_STATUS_PATTERN = f"^{_ONE_STATUS}(,{_ONE_STATUS})*$"
+"""``?status=``: one name of ``STATUS_FILTERS``, or several comma-separated."""
+
+
 def _no_run(key: SessionKey) -> HTTPException:
     return HTTPException(
         status_code=404,
@@ -115,19 +120,68 @@ def _echo(value: Any) -> str:
     return text if len(text) <= ECHO_CHARS else text[: ECHO_CHARS - 3] + "..."
 
 
-def _invalid(errors: list[dict[str, Any]]) -> JSONResponse:
+_EXAMPLE = '{"reason": "user pressed stop"}'
+_FIELDS = ", ".join(CancelRequest.model_fields)
+
+_PLAIN_WORDS: dict[str, str] = {
+    "bool_type": "must be a JSON boolean: true or false",
+    "string_type": "must be a JSON string",
+    "float_type": "must be a JSON number (seconds)",
+    "float_parsing": "must be a JSON number (seconds)",
+    "finite_number": "must be a finite JSON number (seconds)",
+    "extra_forbidden": f"is not a field of a cancel request (the fields: {_FIELDS})",
+    "model_attributes_type": f"the body must be a JSON object, such as {_EXAMPLE}",
+    "dict_type": f"the body must be a JSON object, such as {_EXAMPLE}",
+    "model_type": f"the body must be a JSON object, such as {_EXAMPLE}",
+}
+"""What a client author reads for pydantic's error types, instead of "Input should be a
+valid dictionary" and the like."""
+
+
+def _read_as_json(request: Request) -> Request:
+    """The request, its body read as JSON whatever its content-type says: a cancel body is
+    JSON or nothing, and ``curl -d '{...}'`` (form-encoded) or a client that sends no
+    content-type meant JSON, not a 422 about a "dictionary"."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "application/json" or kind.endswith("+json"):
+        return request
+    headers = [(k, v) for k, v in request.scope["headers"] if k.lower() != b"content-type"]
+    scope = {**request.scope, "headers": [*headers, (b"content-type", b"application/json")]}
+    return Request(scope, request.receive)
+
+
+def _invalid(errors: list[dict[str, Any]], body: bytes | None = None) -> JSONResponse:
     # FastAPI's own 422 repeats each input whole, and cannot render some at all (NaN, a lone
     # surrogate): a 500 in place of the 422. Repeat a short, always-renderable repr instead.
-    detail = [
-        {
-            "loc": [str(part) for part in error.get("loc", ())],
-            "msg": str(error.get("msg", "invalid")),
-            "type": str(error.get("type", "value_error")),
-            **({"input": _echo(error["input"])} if "input" in error else {}),
-        }
-        for error in errors
-    ]
+    detail = [_plain(error, body) for error in errors]
     return JSONResponse({"detail": detail}, status_code=422)
+
+
+def _plain(error: dict[str, Any], body: bytes | None) -> dict[str, Any]:
+    kind = str(error.get("type", "value_error"))
+    loc = [str(part) for part in error.get("loc", ())]
+    msg = str(error.get("msg", "invalid"))
+    shown: Any = error.get("input")
+    if kind == "json_invalid":
+        # FastAPI puts the parser's character offset in ``loc`` and an empty object in
+        # ``input``: say where the JSON broke, and show the body itself.
+        at = loc[1] if len(loc) > 1 else "?"
+        why = (error.get("ctx") or {}).get("error", "invalid JSON")
+        loc = ["body"]
+        msg = (
+            f"The body is not valid JSON ({why} at character {at}): send a JSON object such "
+            f"as {_EXAMPLE}"
+        )
+        shown = (body or b"").decode("utf-8", "replace")
+    elif kind in _PLAIN_WORDS:
+        field = loc[-1] if len(loc) > 1 else "body"
+        msg = _PLAIN_WORDS[kind] if field == "body" else f"{field} {_PLAIN_WORDS[kind]}"
+    return {
+        "loc": loc,
+        "msg": msg,
+        "type": kind,
+        **({"input": _echo(shown)} if "input" in error or kind == "json_invalid" else {}),
+    }
 
 
 class _Route(APIRoute):
@@ -137,10 +191,11 @@ class _Route(APIRoute):
         handler = super().get_route_handler()
 
         async def guarded(request: Request) -> Response:
+            request = _read_as_json(request)
             try:
                 return await handler(request)
             except RequestValidationError as exc:
-                return _invalid(list(exc.errors()))
+                return _invalid(list(exc.errors()), await request.body())
             except StarletteHTTPException as exc:
                 if exc.status_code != 400:
                     raise
@@ -276,6 +331,9 @@ def build_router(registry: RunRegistry) -> APIRouter:
                 "all (with the records of recent runs), or any of "
                 f"{', '.join(STATUS_FILTERS[2:])}; several comma-separated.",
                 max_length=200,
+                # The schema says exactly what the route takes (it also takes these in any
+                # case, with spaces): generated clients and schema-driven tests agree with it.
+                json_schema_extra={"pattern": _STATUS_PATTERN, "examples": ["all"]},
             ),
         ] = None,
     ) -> RunsResponse | JSONResponse:

@@ -121,3 +121,61 @@ def test_inputs_json_can_carry_but_answers_cannot_get_a_bounded_422(
         assert error["loc"] == ["body", field]
     else:
         assert error["loc"][0] == "body" and error["type"] == "json_invalid"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"content-type": "application/x-www-form-urlencoded"}, {"content-type": "text/plain"}],
+)
+def test_a_json_body_is_read_as_json_whatever_its_content_type(
+    client: TestClient, headers: dict[str, str]
+) -> None:
+    """``curl -d '{...}'`` sends a form content-type, some clients none: the body is JSON."""
+    path = session_path("s") + ":cancel"
+    answer = client.post(path, content=b'{"reason": "stop", "wait": false}', headers=headers)
+    assert answer.status_code == 404, answer.text  # read, valid, and no run to cancel
+    bad = client.post(path, content=b'{"wait": "no"}', headers=headers)
+    assert bad.status_code == 422 and "dictionary" not in bad.text, bad.text
+    assert bad.json()["detail"][0]["loc"] == ["body", "wait"]
+
+
+@pytest.mark.parametrize(
+    ("body", "loc", "msg", "shown"),
+    [
+        (
+            b'{"reason": "stop",}',
+            ["body"],
+            "The body is not valid JSON (Expecting property name enclosed in double quotes at "
+            "character 18): send a JSON object such as",
+            '\'{"reason": "stop",}\'',
+        ),
+        (
+            b'{"wait": "yes"}',
+            ["body", "wait"],
+            "wait must be a JSON boolean: true or false",
+            "'yes'",
+        ),
+        (b'{"wait": 1}', ["body", "wait"], "wait must be a JSON boolean: true or false", "1"),
+        (b'{"timeout_s": "5"}', ["body", "timeout_s"], "timeout_s must be a JSON number", "'5'"),
+        (b'{"reason": 5}', ["body", "reason"], "reason must be a JSON string", "5"),
+        (b'{"reson": "x"}', ["body", "reson"], "reson is not a field of a cancel request", "'x'"),
+        (b'"stop"', ["body"], "the body must be a JSON object, such as", "'stop'"),
+    ],
+)
+def test_422s_say_what_was_wrong_in_plain_words(
+    client: TestClient, body: bytes, loc: list[str], msg: str, shown: str
+) -> None:
+    answer = client.post(
+        session_path("s") + ":cancel", content=body, headers={"content-type": "application/json"}
+    )
+    assert answer.status_code == 422, answer.text
+    [error] = answer.json()["detail"]
+    assert error["loc"] == loc and msg in error["msg"], error
+    assert error["input"] == shown, error
+
+
+def test_booleans_are_json_booleans(client: TestClient) -> None:
+    for body in ({"wait": "true"}, {"wait": "false"}, {"wait": 0}):
+        assert client.post(session_path("s") + ":cancel", json=body).status_code == 422, body
+    for body in ({"wait": True}, {"wait": False}, {"timeout_s": 5}, {"timeout_s": 0.5}):
+        assert client.post(session_path("s") + ":cancel", json=body).status_code == 404, body
