@@ -1,5 +1,5 @@
 """The chat page shows a stopped run's outcome from the server's record of it: a deadline
-("stopped: deadline exceeded after 1 s"), and its own Stop button."""
+("stopped: deadline exceeded after 1 s"), and its own Stop button ("stopped: user pressed Stop")."""
 
 from __future__ import annotations
 
@@ -71,6 +71,6 @@ def test_the_stop_buttons_outcome(page: Page, deadline_server: ServerProcess) ->
     page.get_by_test_id("send-button").click()
     expect(answer).to_have_attribute("data-state", "stopped")
     expect(answer.get_by_test_id("run-outcome")).to_have_text(
-        re.compile(r"^stopped: Stopped from the chat page \(abort, \d+ ms\)$")
+        re.compile(r"^stopped: user pressed Stop \(abort, \d+ ms\)$")
     )
     expect(answer.get_by_test_id("run-outcome")).to_have_attribute("data-status", "cancelled")
