@@ -66,8 +66,12 @@ class _LazyGroup(click.Group):
 def _adk_command(name: str) -> Callable[[], click.Command]:
     def load() -> click.Command:
         from ._serve_command import adk_command
+        from .adk.commands import MissingCommand
 
-        return adk_command(name, _SHORT_HELP[name])
+        try:
+            return adk_command(name, _SHORT_HELP[name])
+        except MissingCommand as exc:
+            raise click.ClickException(str(exc)) from exc
 
     return load
 

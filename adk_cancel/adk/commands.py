@@ -17,15 +17,34 @@ import click
 Factory = Callable[..., Any]
 
 
-def adk_command(name: str) -> click.Command:
-    """ADK's click command ``api_server`` or ``web``."""
-    from google.adk.cli import cli_tools_click
+class MissingCommand(RuntimeError):
+    """The running google-adk lacks a command (or the factory) adk-cancel wraps."""
 
-    commands: dict[str, click.Command] = {
-        "api_server": cli_tools_click.cli_api_server,
-        "web": cli_tools_click.cli_web,
-    }
-    return commands[name]
+
+_ATTRIBUTES = {"api_server": "cli_api_server", "web": "cli_web"}
+
+
+def adk_command(name: str) -> click.Command:
+    """ADK's click command ``api_server`` or ``web``; ``MissingCommand`` says what to do
+    where this ADK has none: nothing of the command would work, so it is refused."""
+    command: object = None
+    cause: Exception | None = None
+    try:
+        from google.adk.cli import cli_tools_click
+
+        command = getattr(cli_tools_click, _ATTRIBUTES[name])
+    except (ImportError, AttributeError) as exc:
+        cause = exc
+    if not isinstance(command, click.Command):
+        from .version import adk_version
+
+        raise MissingCommand(
+            f"google-adk {adk_version()} has no {name} command for adk-cancel to wrap "
+            f"({cause or 'not a click command'}): install a google-adk adk-cancel is tested "
+            "on (pip install 'google-adk>=2.13.0,<2.16'), or serve "
+            "adk_cancel.get_fast_api_app(...) with uvicorn yourself"
+        ) from cause
+    return command
 
 
 @contextlib.contextmanager

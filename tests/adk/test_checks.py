@@ -158,3 +158,34 @@ def test_the_tested_range_is_the_one_pyproject_declares() -> None:
     assert outside_tested_range(version.OLDEST_TESTED) is None
     assert outside_tested_range(version.NEWEST_TESTED) is None
     assert outside_tested_range(adk_version()) is None
+
+
+@pytest.mark.parametrize("name", ["api_server", "web"])
+def test_an_adk_without_its_command_is_refused_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    from click.testing import CliRunner
+    from google.adk.cli import cli_tools_click
+
+    from adk_cancel.cli import main
+
+    monkeypatch.delattr(cli_tools_click, {"api_server": "cli_api_server", "web": "cli_web"}[name])
+    result = CliRunner().invoke(main, [name, "--help"])
+    assert result.exit_code == 1, result.output
+    assert f"Error: google-adk {adk_version()} has no {name} command for adk-cancel" in (
+        result.output
+    )
+    assert "pip install 'google-adk>=2.13.0,<2.16'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_capabilities_set_only_the_fields_this_adk_knows() -> None:
+    from pydantic import BaseModel
+
+    from adk_cancel.adk.models import with_capabilities
+
+    class Older(BaseModel):  # an ADK whose LlmCapabilities has another field only
+        streaming: bool = True
+
+    changed = with_capabilities(Older(), output_schema_and_tools=False, streaming=False)  # type: ignore[arg-type]
+    assert changed == Older(streaming=False)
