@@ -297,10 +297,16 @@ class Chaos:
         self._seen.append(seen)
         try:
             with anyio.move_on_after(drop_after if drop_after is not None else 120) as leaving:
-                if route == "run_live":
-                    await self._live(url, app, sid, drop_after is None, seen)
-                else:
-                    await self._http_run(client, url, route, app, sid, seen)
+                try:
+                    if route == "run_live":
+                        await self._live(url, app, sid, drop_after is None, seen)
+                    else:
+                        await self._http_run(client, url, route, app, sid, seen)
+                except httpx.TransportError as exc:
+                    # The server broke the answer off (headers, then no body): as bad as a
+                    # 5xx for its client, and the other operations go on.
+                    seen.saw = f"the connection broken: {type(exc).__name__}: {exc}"
+                    self.report.server_errors.append(f"POST /{route} {app}/{sid}: {seen.saw}")
             seen.closed = time.monotonic()
             seen.left = seen.left or leaving.cancelled_caught
             if not self.shared_sessions:
