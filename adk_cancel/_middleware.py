@@ -90,6 +90,7 @@ from . import _deadline, _metrics, _partial
 from ._busy import Refusal, SessionGate, policy_from
 from ._deadline import BadDeadline, Deadlines
 from ._early_accept import EarlyAccept
+from ._json_depth import too_deep_answer
 from ._models import OnBusy, Route, SessionKey, is_unicode_text
 from ._order import CancelOrder
 from ._registry import RunEntry, RunRegistry, current_run
@@ -395,6 +396,10 @@ class CancelMiddleware:
         body = await _read_body(receive)
         if body is None:
             return None  # the client left before the run could start
+        if (too_deep := too_deep_answer(body)) is not None:
+            for reply in json_response(422, too_deep):  # before anything parses it
+                await send(reply)
+            return None
         deadlines = Deadlines()
         on_busy: OnBusy | None = None
         try:

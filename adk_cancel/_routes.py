@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ._json_depth import too_deep_answer
 from ._models import (
     CancelledRun,
     CancelRequest,
@@ -192,6 +193,9 @@ class _Route(APIRoute):
 
         async def guarded(request: Request) -> Response:
             request = _read_as_json(request)
+            # Before FastAPI parses it: its parser, its errors and its 422 handler recurse.
+            if (too_deep := too_deep_answer(await request.body())) is not None:
+                return JSONResponse(too_deep, status_code=422)
             try:
                 return await handler(request)
             except RequestValidationError as exc:

@@ -5,17 +5,22 @@ behind (hypothesis; schemathesis over the OpenAPI schema where it can drive the 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import httpx
 import pytest
 import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import TEST_AGENTS, build_app, memory_services, serve, session_path
+
+from adk_cancel.testing import ServerProcess
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -171,3 +176,45 @@ def test_every_runs_status_the_schema_allows_is_accepted(served_schema: Any) -> 
         assert answer.status_code == 200, (case.query, answer.text[:300])
 
     check()
+
+
+def test_a_body_nested_too_deep_is_a_422_on_a_real_server(tmp_path: Path) -> None:
+    """A body nested thousands deep (a few kilobytes) is answered 422 by adk-cancel before
+    anything parses it: ADK's FastAPI handlers (and, from Python 3.12, ``json.loads``) would
+    recurse through it past the interpreter's limit. On Python 3.13 the 3,000-deep array
+    (which ``json.loads`` parses there) reached FastAPI's 422 handler, whose encoder raised
+    RecursionError: a 500 with a traceback. Not hypothesis: its bodies stay shallow."""
+    deep_message = {"role": "user", "parts": [{"text": "hi"}], "x": "NEST"}
+    run = json.dumps(
+        {"appName": "slow_agent", "userId": "u", "sessionId": "s", "newMessage": deep_message}
+    ).encode()
+    cases = []
+    for depth in (3_000, 10_000):
+        array = b"[" * depth + b"]" * depth
+        # An otherwise well-formed run body, one of its values nested (objects) too deep.
+        deep_run = run.replace(b'"NEST"', b'{"a": ' * depth + b"1" + b"}" * depth)
+        cases += [
+            ("/run", array),
+            ("/run_sse", array),
+            ("/run", deep_run),
+            ("/run_sse", deep_run),
+            (session_path("s") + ":cancel", array),
+            ("/apps/slow_agent/users/u:cancel", array),
+        ]
+    flags = ("--session_service_uri=memory://", "--artifact_service_uri=memory://", "--no_chat")
+    with ServerProcess(TEST_AGENTS, *flags, log_path=tmp_path / "server.log") as server:
+        for path, body in cases:
+            answer = httpx.post(server.url + path, content=body, headers=JSON_HEADERS, timeout=30)
+            assert answer.status_code == 422, (
+                path,
+                len(body),
+                answer.status_code,
+                answer.text[:300],
+            )
+            [error] = answer.json()["detail"]
+            assert error["loc"] == ["body"], error
+            assert re.search(r"nested too deep.*at most \d+ levels", error["msg"]), error
+        # Still serving, and with no run left behind.
+        assert httpx.get(server.url + session_path("s") + "/runs", timeout=10).json()["runs"] == []
+        log = server.log()
+    assert "Traceback" not in log and "RecursionError" not in log, log[-3000:]

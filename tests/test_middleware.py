@@ -375,7 +375,9 @@ def test_input_adk_rejects_is_rejected_the_same_way(client: TestClient, route: s
     from google.adk.cli.fast_api import get_fast_api_app
 
     plain = TestClient(get_fast_api_app(agents_dir=str(TEST_AGENTS), **memory_services()))
-    bodies = [b"[" * 2000 + b"]" * 2000, b"{not json", b"[]", b'{"appName": "slow_agent"}']
+    # Not a body nested too deep: adk-cancel answers that itself (422), where ADK's answer
+    # depends on the interpreter (400 on 3.11, a 500 on 3.13): test_bad_input.py.
+    bodies = [b"{not json", b"[]", b'{"appName": "slow_agent"}']
     for body in bodies:
         headers = {"content-type": "application/json"}
         ours = client.post(route, content=body, headers=headers)

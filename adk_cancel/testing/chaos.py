@@ -11,6 +11,11 @@ a bounded number in flight; then it waits for quiet and checks, per session it u
 - no answer was a 5xx (a 503 counts only when the cancel backend was deliberately down);
 - no worker still lists a run (no registry leak);
 - the stored session has no function call without a response;
+- every run a cancel answered as stopped (``stopped_by`` ``abort`` or ``force``) was told to
+  its client, unless that client had left itself: ``/run_sse`` ends with ``event:
+  cancelled``, ``/run`` carries ``x-adk-cancel: cancelled``, ``/run_live`` closes with 4000
+  (matched by the run's id, which the HTTP routes send as ``x-adk-run-id``; a live client
+  never learns it, so by the invocation ids its events carried, else by session and time);
 - a follow-up turn works;
 - the servers' logs have no traceback, unretrieved task exception or destroyed pending task.
 
@@ -22,6 +27,7 @@ google-adk).
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from collections import Counter
@@ -59,6 +65,38 @@ _BAD_BODIES: list[tuple[str, bytes]] = [
 ]
 
 
+LIVE_CLOSE_CANCELLED = 4000
+"""The close code a cancelled ``/run_live`` client gets (``adk_cancel``'s documented answer)."""
+
+STOPPED = ("abort", "force")
+"""The ``stopped_by`` of a run that a cancel stopped while it ran: its client must be told."""
+
+
+@dataclass
+class _Seen:
+    """What one run's client saw, for the told-of-its-cancel check."""
+
+    route: str
+    app: str
+    sid: str
+    opened: float
+    closed: float = math.inf
+    run_id: str | None = None
+    invocation_ids: set[str] = field(default_factory=set)
+    saw: str = "nothing"
+    told: bool = False
+    left: bool = False
+    """The client disconnected itself (its timer ran out): nobody owes it an answer."""
+    claimed: bool = False
+
+
+@dataclass
+class _CancelAnswer:
+    sent: float
+    answered: float
+    runs: list[dict[str, Any]]
+
+
 @dataclass
 class Worker:
     """A server the chaos talks to; ``pid`` and ``log`` are read for RSS and log lines."""
@@ -79,6 +117,14 @@ class ChaosReport:
     broken_follow_ups: list[str] = field(default_factory=list)
     bad_log_lines: list[str] = field(default_factory=list)
     sessions_checked: int = 0
+    stopped_runs: int = 0
+    """Runs a cancel answered as stopped by ``abort`` or ``force`` (each counted once)."""
+    told: int = 0
+    """Of those, runs whose client saw the cancel (``event: cancelled``, the header, 4000)."""
+    client_left: int = 0
+    """Of those, runs whose client had disconnected itself first (owed nothing)."""
+    not_told: list[str] = field(default_factory=list)
+    """Of those, runs whose client was not told: route, ``stopped_by``, what it saw."""
     rss_kb: list[list[int]] = field(default_factory=list)
     """Each worker's RSS after each round (sessions deleted first)."""
     recovery_s: list[float] = field(default_factory=list)
@@ -97,6 +143,7 @@ class ChaosReport:
         out += [f"leaked run: {line}" for line in self.leaked_runs]
         out += [f"unanswered call: {line}" for line in self.unanswered]
         out += [f"broken follow-up: {line}" for line in self.broken_follow_ups]
+        out += [f"client not told: {line}" for line in self.not_told]
         out += [f"log: {line}" for line in self.bad_log_lines]
         return out
 
@@ -111,6 +158,11 @@ class ChaosReport:
             ("runs still listed afterwards (leaks)", str(len(self.leaked_runs))),
             ("function calls without a response", str(len(self.unanswered))),
             ("broken follow-up turns", str(len(self.broken_follow_ups))),
+            (
+                "runs a cancel stopped (abort/force): told / client left / NOT told",
+                f"{self.stopped_runs}: {self.told} / {self.client_left} / {len(self.not_told)}",
+            ),
+            *(("  not told, e.g.", line[:200]) for line in self.not_told[:3]),
             ("log lines: " + " / ".join(BAD_LOG_MARKERS), str(len(self.bad_log_lines))),
             ("RSS per round, KB (per worker)", " | ".join(map(str, self.rss_kb))),
             ("RSS growth in the last round, KB", str(self.rss_growth_kb)),
@@ -151,6 +203,9 @@ class Chaos:
         self._busy: set[tuple[str, str]] = set()
         self._sessions: list[tuple[str, str]] = []
         self._log_offsets = [0 for _ in self.workers]
+        # Since the last check: what each run's client saw, and each cancel's answer.
+        self._seen: list[_Seen] = []
+        self._answers: list[_CancelAnswer] = []
 
     # -- driving ---------------------------------------------------------------------------
 
@@ -238,12 +293,22 @@ class Chaos:
         url = self.rng.choice(self.workers).url
         # Some clients leave mid-run: their run must be cancelled like any other.
         drop_after = self.rng.choice([None, None, 0.05, 0.3, 1.0])
+        seen = _Seen(route, app, sid, time.monotonic())
+        self._seen.append(seen)
         try:
-            with anyio.move_on_after(drop_after if drop_after is not None else 120):
-                if route == "run_live":
-                    await self._live(url, app, sid, drop_after is None)
-                else:
-                    await self._http_run(client, url, route, app, sid)
+            with anyio.move_on_after(drop_after if drop_after is not None else 120) as leaving:
+                try:
+                    if route == "run_live":
+                        await self._live(url, app, sid, drop_after is None, seen)
+                    else:
+                        await self._http_run(client, url, route, app, sid, seen)
+                except httpx.TransportError as exc:
+                    # The server broke the answer off (headers, then no body): as bad as a
+                    # 5xx for its client, and the other operations go on.
+                    seen.saw = f"the connection broken: {type(exc).__name__}: {exc}"
+                    self.report.server_errors.append(f"POST /{route} {app}/{sid}: {seen.saw}")
+            seen.closed = time.monotonic()
+            seen.left = seen.left or leaving.cancelled_caught
             if not self.shared_sessions:
                 # A client that left does not know when its run ended (cancelled, sealed):
                 # like a careful UI, wait until no worker lists it before the next turn.
@@ -263,31 +328,55 @@ class Chaos:
                 await anyio.sleep(0.02)
 
     async def _http_run(
-        self, client: httpx.AsyncClient, url: str, route: str, app: str, sid: str
+        self,
+        client: httpx.AsyncClient,
+        url: str,
+        route: str,
+        app: str,
+        sid: str,
+        seen: _Seen,
+        script: str | None = None,
     ) -> None:
-        body = run_body(sid, self._script(app), app=app, user=self.user, streaming=True)
+        body = run_body(sid, script or self._script(app), app=app, user=self.user, streaming=True)
         what = f"POST {route} {app}/{sid}"
         if route == "run":
-            self._status(what, await client.post(url + "/run", json=body))
+            answer = await client.post(url + "/run", json=body)
+            self._status(what, answer)
+            seen.run_id = answer.headers.get("x-adk-run-id")
+            seen.told = answer.headers.get("x-adk-cancel") == "cancelled"
+            header = "x-adk-cancel: cancelled" if seen.told else "no x-adk-cancel header"
+            seen.saw = f"{answer.status_code}, {header}"
             return
         async with client.stream("POST", url + "/run_sse", json=body) as answer:
             self._status(what, answer)
-            async for _ in answer.aiter_lines():
-                pass
+            seen.run_id = answer.headers.get("x-adk-run-id")
+            seen.saw = f"{answer.status_code}, a stream it left"
+            async for line in answer.aiter_lines():
+                seen.told = seen.told or line == "event: cancelled"
+            end = "event: cancelled" if seen.told else "no event: cancelled"
+            seen.saw = f"{answer.status_code}, a stream ending with {end}"
 
-    async def _live(self, url: str, app: str, sid: str, close_after: bool) -> None:
+    async def _live(self, url: str, app: str, sid: str, close_after: bool, seen: _Seen) -> None:
         ws_url = url.replace("http", "ws", 1)
         query = f"app_name={app}&user_id={self.user}&session_id={sid}&modalities=TEXT"
+        ws: Any = None
         try:
             async with websockets.connect(f"{ws_url}/run_live?{query}") as ws:
                 await ws.send(json.dumps({"content": message(self._script(app))}))
-                with anyio.move_on_after(self.rng.choice([0.1, 0.5, 1.5]) if close_after else 120):
-                    async for _ in ws:
-                        pass
+                with anyio.move_on_after(
+                    self.rng.choice([0.1, 0.5, 1.5]) if close_after else 120
+                ) as closing:
+                    async for text in ws:
+                        _note_invocation(seen, text)
+                seen.left = closing.cancelled_caught
         except websockets.InvalidStatus as exc:
             self._record(f"WS /run_live {app}/{sid}", exc.response.status_code, "")
+            seen.saw = f"refused with {exc.response.status_code}"
         except (websockets.ConnectionClosed, OSError):
             pass
+        if ws is not None and ws.close_code is not None:
+            seen.told = ws.close_code == LIVE_CLOSE_CANCELLED
+            seen.saw = f"close {ws.close_code} {ws.close_reason!r}"
 
     async def _cancel(self, client: httpx.AsyncClient) -> None:
         busy = list(self._busy)
@@ -298,8 +387,15 @@ class Chaos:
         )
         url = self.rng.choice(self.workers).url
         body = {"wait": self.rng.random() < 0.7, "reason": "chaos"}
+        sent = time.monotonic()
         answer = await client.post(url + session_path(sid, app, self.user) + ":cancel", json=body)
         self._status(f"POST :cancel {app}/{sid}", answer)
+        self._note_answer(sent, answer)
+
+    def _note_answer(self, sent: float, answer: httpx.Response) -> None:
+        if answer.status_code in (200, 202):
+            runs = answer.json().get("runs", [])
+            self._answers.append(_CancelAnswer(sent, time.monotonic(), runs))
 
     async def _bad_input(self, client: httpx.AsyncClient) -> None:
         route, body = self.rng.choice(_BAD_BODIES)
@@ -333,13 +429,19 @@ class Chaos:
         app, sid = await self._new_session(client, "slow_agent")
         deadline = time.monotonic() + 60
 
+        seen = _Seen("run", app, sid, time.monotonic())
+        self._seen.append(seen)
+
         async def hold() -> None:
-            await client.post(holder + "/run", json=run_body(sid, "tool 30", user=self.user))
+            await self._http_run(client, holder, "run", app, sid, seen, script="tool 30")
+            seen.closed = time.monotonic()
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(hold)
             while time.monotonic() < deadline:
+                sent = time.monotonic()
                 answer = await client.post(other + session_path(sid, app, self.user) + ":cancel")
+                self._note_answer(sent, answer)
                 if answer.status_code == 200 and all(r["stopped"] for r in answer.json()["runs"]):
                     break
                 await anyio.sleep(0.02)
@@ -351,6 +453,7 @@ class Chaos:
 
     async def check(self, client: httpx.AsyncClient, sessions: list[tuple[str, str]]) -> None:
         """Wait for quiet, then read every invariant back (see the module docstring)."""
+        self._check_told()
         for app, sid in sessions:
             path = session_path(sid, app, self.user) + "/runs"
             for worker in self.workers:
@@ -386,6 +489,59 @@ class Chaos:
                 if any(marker in line for marker in BAD_LOG_MARKERS)
             ]
 
+    def _check_told(self) -> None:
+        """Match each run a cancel answered as stopped to its client, and count whether that
+        client was told. The operations are over: every client's record is complete."""
+        stopped: dict[str, tuple[dict[str, Any], _CancelAnswer]] = {}
+        for answer in self._answers:
+            for run in answer.runs:
+                if run.get("stopped_by") in STOPPED:
+                    stopped.setdefault(str(run["run_id"]), (run, answer))
+        by_run_id = {seen.run_id: seen for seen in self._seen if seen.run_id}
+        for run_id, (run, answer) in stopped.items():
+            self.report.stopped_runs += 1
+            seen = by_run_id.get(run_id) or self._client_of(run, answer)
+            what = (
+                f"{run['route']} run {run_id} ({run.get('session_id')}, "
+                f"invocation {run.get('invocation_id')}): stopped_by {run['stopped_by']}"
+            )
+            if seen is None:
+                self.report.not_told.append(f"{what}; no client of it was found")
+                continue
+            seen.claimed = True
+            if seen.told:
+                self.report.told += 1
+            elif seen.left:
+                self.report.client_left += 1
+            else:
+                self.report.not_told.append(f"{what}; its client saw {seen.saw}")
+        self._seen.clear()
+        self._answers.clear()
+
+    def _client_of(self, run: dict[str, Any], answer: _CancelAnswer) -> _Seen | None:
+        """A run's client where its id does not say (a live client never learns it; an HTTP
+        client that left before the headers): of the clients of the run's route and session
+        that had connected by the cancel's answer, one whose events carried the run's
+        invocation id; else one still connected when the cancel was sent, a told one first
+        (of two live runs on a session, either client may be either's); else one that had
+        left already (its leaving is a cancel too, which a later one finds still running)."""
+        candidates = [
+            seen
+            for seen in self._seen
+            if not seen.claimed
+            and seen.run_id is None
+            and seen.route == run["route"]
+            and seen.sid == run.get("session_id")
+            and seen.opened <= answer.answered
+        ]
+        invocation = run.get("invocation_id")
+        pool = (
+            [seen for seen in candidates if invocation in seen.invocation_ids]
+            or [seen for seen in candidates if seen.closed >= answer.sent]
+            or [seen for seen in candidates if seen.left]
+        )
+        return min(pool, key=lambda seen: (not seen.told, not seen.left)) if pool else None
+
 
 @contextmanager
 def one_worker(agents_dir: str | Path, workdir: Path, *flags: str, **chaos: Any) -> Iterator[Chaos]:
@@ -400,17 +556,26 @@ def one_worker(agents_dir: str | Path, workdir: Path, *flags: str, **chaos: Any)
 
 
 @contextmanager
-def two_workers_on_sqlite(
-    agents_dir: str | Path, workdir: Path, *flags: str, **chaos: Any
+def two_workers(
+    agents_dir: str | Path,
+    workdir: Path,
+    session_service_uri: str,
+    read_events: EventsReader,
+    *flags: str,
+    **chaos: Any,
 ) -> Iterator[tuple[Chaos, RedisServer]]:
-    """Two ``adk-cancel api_server`` processes sharing ``workdir/sessions.db`` through a
-    throwaway Redis, and a :class:`Chaos` on them (one run a session at a time: ADK itself
-    fails one of two concurrent runs of a session on a database store)."""
+    """Two ``adk-cancel api_server`` processes sharing the session store at
+    ``session_service_uri`` (read back by ``read_events``) through a throwaway Redis, and a
+    :class:`Chaos` on them (one run a session at a time: ADK itself fails one of two
+    concurrent runs of a session on a database store). Logs: ``workdir/worker-N.log``."""
     from . import RedisServer, ServerProcess, free_port
 
-    db = workdir / "sessions.db"
     with RedisServer(free_port(), workdir) as redis:
-        args = (f"--session_service_uri=sqlite:///{db}", f"--cancel_backend={redis.url}", *flags)
+        args = (
+            f"--session_service_uri={session_service_uri}",
+            f"--cancel_backend={redis.url}",
+            *flags,
+        )
         servers = [
             ServerProcess(agents_dir, *args, log_path=workdir / f"worker-{i}.log") for i in range(2)
         ]
@@ -420,10 +585,48 @@ def two_workers_on_sqlite(
             for server in servers:
                 server.wait_ready()
             workers = [Worker(s.url, s.pid, s.log) for s in servers]
-            yield Chaos(workers, sqlite_events_reader(db), shared_sessions=False, **chaos), redis
+            yield Chaos(workers, read_events, shared_sessions=False, **chaos), redis
         finally:
             for server in servers:
                 server.stop()
+
+
+@contextmanager
+def two_workers_on_sqlite(
+    agents_dir: str | Path, workdir: Path, *flags: str, **chaos: Any
+) -> Iterator[tuple[Chaos, RedisServer]]:
+    """:func:`two_workers` sharing ``workdir/sessions.db``."""
+    db = workdir / "sessions.db"
+    with two_workers(
+        agents_dir, workdir, f"sqlite:///{db}", sqlite_events_reader(db), *flags, **chaos
+    ) as pair:
+        yield pair
+
+
+@contextmanager
+def two_workers_on_postgres(
+    agents_dir: str | Path, workdir: Path, *flags: str, **chaos: Any
+) -> Iterator[tuple[Chaos, RedisServer]]:
+    """:func:`two_workers` sharing a throwaway PostgreSQL cluster (:class:`PostgresServer`),
+    read back through ADK's ``DatabaseSessionService``. Needs the ``postgres`` extra."""
+    from . import PostgresServer
+
+    with (
+        PostgresServer() as postgres,
+        two_workers(
+            agents_dir, workdir, postgres.url, database_events_reader(postgres.url), *flags, **chaos
+        ) as pair,
+    ):
+        yield pair
+
+
+def _note_invocation(seen: _Seen, text: str | bytes) -> None:
+    try:
+        event = json.loads(text)
+    except ValueError:
+        return
+    if isinstance(event, dict) and isinstance(event.get("invocationId"), str):
+        seen.invocation_ids.add(event["invocationId"])
 
 
 def _rss_kb(pid: int | None) -> int:
@@ -449,6 +652,21 @@ def sqlite_events_reader(db_path: str | Path) -> EventsReader:
     return read
 
 
+def database_events_reader(db_url: str) -> EventsReader:
+    """Read sessions through ADK's ``DatabaseSessionService`` on ``db_url`` (PostgreSQL, ...),
+    as a fresh worker would. Its engine lives for one read: a reader is called from more
+    than one event loop (each ``asyncio.run``), and pooled connections belong to theirs."""
+
+    async def read(app: str, user: str, sid: str) -> list[Any]:
+        from google.adk.sessions.database_session_service import DatabaseSessionService
+
+        async with DatabaseSessionService(db_url=db_url) as service:
+            session = await service.get_session(app_name=app, user_id=user, session_id=sid)
+        return list(session.events) if session is not None else []
+
+    return read
+
+
 def api_events_reader(url: str) -> EventsReader:
     """Read sessions through a server's ``GET .../sessions/{id}`` (for ``memory://``)."""
 
@@ -466,7 +684,10 @@ __all__ = [
     "ChaosReport",
     "Worker",
     "api_events_reader",
+    "database_events_reader",
     "one_worker",
     "sqlite_events_reader",
+    "two_workers",
+    "two_workers_on_postgres",
     "two_workers_on_sqlite",
 ]
