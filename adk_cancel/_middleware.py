@@ -25,6 +25,12 @@ server shutting down; each calls ``RunEntry.request_cancel``.
 | the app's last SSE message vs a cancel      | the cancelled event goes out just before it  |
 | forced run vs its response                  | nothing sent yet: adk-cancel answers; a      |
 |                                             | stream already started: adk-cancel ends it   |
+| force vs a ``/run`` answer being written     | the answer: once its headers are out, the    |
+| (ADK's task ended, the body waits to drain) | app is not cancelled (for up to 10 s), so    |
+|                                             | the body follows in full                     |
+| ADK closing a cancelled live socket itself  | the cancel: ADK's close is held back, the    |
+| (1000 when its stream ended on the abort,   | session repaired, then 4000                  |
+| 1011 when its tasks failed on the way out)  |                                              |
 | client disconnect vs ADK's own disconnect   | adk-cancel: ADK never sees the disconnect    |
 | handling (ADK cancels its task at once,     | (the replayed ``receive`` hides it, and when |
 | even mid-commit)                            | ADK's listener asks, adk-cancel's listens in |
@@ -119,6 +125,9 @@ DRAIN_S = 1.0
 MAX_WRITE_WAIT_S = 10.0
 """How long a force holds off for session writes (a store that hangs must not keep a run
 going for ever)."""
+MAX_ANSWER_WAIT_S = 10.0
+"""How long a force holds off for a ``/run`` answer being written (a client that never reads
+it must not keep the run listed for ever)."""
 
 _HTTP_ROUTES: dict[str, Route] = {"/run": "run", "/run_sse": "run_sse"}
 
@@ -639,6 +648,16 @@ class CancelMiddleware:
             producer = entry.producer
             if producer is not None and not producer.done():
                 producer.cancel()
+            if (
+                entry.route == "run"
+                and entry.http_status is not None
+                and time.monotonic() - forced_at < MAX_ANSWER_WAIT_S
+            ):
+                # ADK's run is over and it is writing the answer (JSON with a Content-Length,
+                # its body waiting for a slow client's socket): cancelling it now would cut
+                # the answer after its headers. Its body is all that is left to send.
+                await anyio.sleep(FORCE_RETRY_S)
+                continue
             if producer is None or producer.done() or entry.route == "run_live":
                 # ADK's live handler waits for *all* its tasks once one is cancelled (a
                 # cancelled task is no exception to asyncio.wait(FIRST_EXCEPTION)): cancel the
