@@ -207,6 +207,32 @@ async def _end_tasks(tasks: Iterable[asyncio.Task[Any]]) -> None:
             logger.debug("Live run task %s ended with %r", task.get_name(), task.exception())
 
 
+def adk_live_handler_tasks(host: asyncio.Task[Any]) -> list[asyncio.Task[Any]]:
+    """The tasks ADK's ``/run_live`` handler started (its event forwarder and its socket
+    reader), read from the handler's frame while it awaits them in ``host``, the task that
+    runs it; [] where they are not found.
+
+    ADK awaits neither as it should: 2.13 leaves both running when it is cancelled in its
+    ``asyncio.wait``, 2.15 waits for them without reading how they ended. The forwarder can
+    fail by itself (a stale session write) before it ever sends, so it would not be found
+    by what it asks of the socket, and its error would go unread.
+    """
+    # ADK seam: checked on google-adk 2.13.0, 2.14.1, 2.15.0
+    awaiting: Any = host.get_coro()
+    for _ in range(64):  # the chain from uvicorn down to ADK's handler is about 20 deep
+        code = getattr(awaiting, "cr_code", None)
+        if code is None:
+            return []  # a future or a generator: the handler is not in this chain
+        if code.co_name == "run_agent_live":
+            frame = awaiting.cr_frame
+            tasks = frame.f_locals.get("tasks") if frame is not None else None
+            if not isinstance(tasks, list):
+                return []
+            return [t for t in tasks if isinstance(t, asyncio.Task)]
+        awaiting = awaiting.cr_await
+    return []
+
+
 async def _read_body(receive: Receive) -> bytes | None:
     """The request's body, or None if the client left before sending all of it."""
     chunks: list[bytes] = []
@@ -495,10 +521,20 @@ class CancelMiddleware:
         # when it is cancelled: the tasks that touch the socket, and the run's producer, are
         # the ones to end afterwards.
         handler_tasks: set[asyncio.Task[Any]] = set()
+        host = asyncio.current_task()
+        looked_for_adk_tasks = False
 
         def note_task() -> None:
+            nonlocal looked_for_adk_tasks
             if (task := asyncio.current_task()) is not None:
                 handler_tasks.add(task)
+                if not looked_for_adk_tasks and task is not host and host is not None:
+                    # One of ADK's tasks asks: the handler has made them all and waits for
+                    # them now, so its list of them is there to read, once.
+                    looked_for_adk_tasks = True
+                    found = adk_live_handler_tasks(host)
+                    logger.debug("Live run %s: ADK's tasks %s", entry.run_id, found)
+                    handler_tasks.update(found)
 
         async def watch_receive() -> Message:
             note_task()
