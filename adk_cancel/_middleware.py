@@ -25,6 +25,12 @@ server shutting down; each calls ``RunEntry.request_cancel``.
 | the app's last SSE message vs a cancel      | the cancelled event goes out just before it  |
 | forced run vs its response                  | nothing sent yet: adk-cancel answers; a      |
 |                                             | stream already started: adk-cancel ends it   |
+| force vs a ``/run`` answer being written     | the answer: once its headers are out, the    |
+| (ADK's task ended, the body waits to drain) | app is not cancelled (for up to 10 s), so    |
+|                                             | the body follows in full                     |
+| ADK closing a cancelled live socket itself  | the cancel: ADK's close is held back, the    |
+| (1000 when its stream ended on the abort,   | session repaired, then 4000                  |
+| 1011 when its tasks failed on the way out)  |                                              |
 | client disconnect vs ADK's own disconnect   | adk-cancel: ADK never sees the disconnect    |
 | handling (ADK cancels its task at once,     | (the replayed ``receive`` hides it, and when |
 | even mid-commit)                            | ADK's listener asks, adk-cancel's listens in |
@@ -116,6 +122,9 @@ DRAIN_S = 1.0
 MAX_WRITE_WAIT_S = 10.0
 """How long a force holds off for session writes (a store that hangs must not keep a run
 going for ever)."""
+MAX_ANSWER_WAIT_S = 10.0
+"""How long a force holds off for a ``/run`` answer being written (a client that never reads
+it must not keep the run listed for ever)."""
 
 _HTTP_ROUTES: dict[str, Route] = {"/run": "run", "/run_sse": "run_sse"}
 
@@ -193,6 +202,32 @@ async def _end_tasks(tasks: Iterable[asyncio.Task[Any]]) -> None:
     for task in tasks:
         if task.done() and not task.cancelled() and task.exception() is not None:
             logger.debug("Live run task %s ended with %r", task.get_name(), task.exception())
+
+
+def adk_live_handler_tasks(host: asyncio.Task[Any]) -> list[asyncio.Task[Any]]:
+    """The tasks ADK's ``/run_live`` handler started (its event forwarder and its socket
+    reader), read from the handler's frame while it awaits them in ``host``, the task that
+    runs it; [] where they are not found.
+
+    ADK awaits neither as it should: 2.13 leaves both running when it is cancelled in its
+    ``asyncio.wait``, 2.15 waits for them without reading how they ended. The forwarder can
+    fail by itself (a stale session write) before it ever sends, so it would not be found
+    by what it asks of the socket, and its error would go unread.
+    """
+    # ADK seam: checked on google-adk 2.13.0, 2.14.1, 2.15.0
+    awaiting: Any = host.get_coro()
+    for _ in range(64):  # the chain from uvicorn down to ADK's handler is about 20 deep
+        code = getattr(awaiting, "cr_code", None)
+        if code is None:
+            return []  # a future or a generator: the handler is not in this chain
+        if code.co_name == "run_agent_live":
+            frame = awaiting.cr_frame
+            tasks = frame.f_locals.get("tasks") if frame is not None else None
+            if not isinstance(tasks, list):
+                return []
+            return [t for t in tasks if isinstance(t, asyncio.Task)]
+        awaiting = awaiting.cr_await
+    return []
 
 
 async def _read_body(receive: Receive) -> bytes | None:
@@ -487,10 +522,20 @@ class CancelMiddleware:
         # when it is cancelled: the tasks that touch the socket, and the run's producer, are
         # the ones to end afterwards.
         handler_tasks: set[asyncio.Task[Any]] = set()
+        host = asyncio.current_task()
+        looked_for_adk_tasks = False
 
         def note_task() -> None:
+            nonlocal looked_for_adk_tasks
             if (task := asyncio.current_task()) is not None:
                 handler_tasks.add(task)
+                if not looked_for_adk_tasks and task is not host and host is not None:
+                    # One of ADK's tasks asks: the handler has made them all and waits for
+                    # them now, so its list of them is there to read, once.
+                    looked_for_adk_tasks = True
+                    found = adk_live_handler_tasks(host)
+                    logger.debug("Live run %s: ADK's tasks %s", entry.run_id, found)
+                    handler_tasks.update(found)
 
         async def watch_receive() -> Message:
             note_task()
@@ -640,6 +685,16 @@ class CancelMiddleware:
             producer = entry.producer
             if producer is not None and not producer.done():
                 producer.cancel()
+            if (
+                entry.route == "run"
+                and entry.http_status is not None
+                and time.monotonic() - forced_at < MAX_ANSWER_WAIT_S
+            ):
+                # ADK's run is over and it is writing the answer (JSON with a Content-Length,
+                # its body waiting for a slow client's socket): cancelling it now would cut
+                # the answer after its headers. Its body is all that is left to send.
+                await anyio.sleep(FORCE_RETRY_S)
+                continue
             if producer is None or producer.done() or entry.route == "run_live":
                 # ADK's live handler waits for *all* its tasks once one is cancelled (a
                 # cancelled task is no exception to asyncio.wait(FIRST_EXCEPTION)): cancel the

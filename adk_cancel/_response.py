@@ -86,7 +86,16 @@ def json_response(status: int, payload: Any, *extra: tuple[bytes, bytes]) -> lis
 class Response:
     """Per-request record of what the app has sent, so adk-cancel never sends twice."""
 
-    __slots__ = ("_send", "cancel_event_sent", "ended", "entry", "sse", "started", "ws_closed")
+    __slots__ = (
+        "_send",
+        "cancel_event_sent",
+        "ended",
+        "entry",
+        "sized",
+        "sse",
+        "started",
+        "ws_closed",
+    )
 
     def __init__(self, entry: RunEntry, send: Send) -> None:
         self.entry = entry
@@ -94,6 +103,8 @@ class Response:
         self.started = False
         self.ended = False
         self.sse = False
+        self.sized = False
+        """The app's answer declared its Content-Length: nothing but all of it may follow."""
         self.cancel_event_sent = False
         self.ws_closed = False
 
@@ -123,6 +134,7 @@ class Response:
                 k.lower() == b"content-type" and v.startswith(b"text/event-stream")
                 for k, v in headers
             )
+            self.sized = not self.sse and any(k.lower() == b"content-length" for k, _ in headers)
             if entry.cancel_reason is not None:
                 message = {**message, "headers": [*headers, *_cancel_headers(entry)]}
         elif kind == "http.response.body":
@@ -149,6 +161,19 @@ class Response:
                 self.ended = True
                 if not cancelled:
                     entry.ended = True
+        elif kind == "websocket.close" and entry.cancel_order is not None:
+            # ADK closing a cancelled live run itself: with 1000 once its event stream ended
+            # on the abort (google-adk 2.15 closes as soon as either of its live tasks ends;
+            # 2.13 waited for both, so the force came first), with 1011 when its tasks failed
+            # on the way out (a stale session write). The client's close is the cancel's 4000,
+            # sent once the session is repaired (``finish_ws``): ADK's is held back.
+            logger.debug(
+                "Live run %s: ADK's close %s (%r) replaced by the cancel's",
+                entry.run_id,
+                message.get("code"),
+                message.get("reason"),
+            )
+            return
         elif kind in ("websocket.close", "websocket.http.response.start"):
             self.ws_closed = True
         for tap in entry.output_taps:
@@ -191,6 +216,18 @@ class Response:
                 }
             )
             await self._send({"type": "http.response.body", "body": body})
+        elif self.sized:
+            # The app was stopped between its headers and the end of a body whose length
+            # they declared: an empty end would be a protocol error (h11: "Too little data
+            # for declared Content-Length"), and the bytes it lacks are the app's. Leaving
+            # the response unfinished makes the server close the connection, which the
+            # client reads as an incomplete answer.
+            logger.warning(
+                "Run %s (session %s): its answer was cut after its headers; closing the connection",
+                entry.invocation_id or entry.run_id,
+                entry.key.session_id,
+            )
+            return
         else:
             body = b""
             if self.sse and not self.cancel_event_sent:

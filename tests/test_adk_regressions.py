@@ -1,0 +1,186 @@
+"""What google-adk 2.14/2.15 changed under adk-cancel, each against a real uvicorn server with
+the timing that broke it forced (a session write held, a client socket that is slow to take
+an answer), on every supported ADK.
+
+- ADK's live handler closes the socket itself as soon as either of its tasks ends (2.13
+  waited for both): a live run whose stream ended on the cancel's abort was closed 1000
+  before adk-cancel's 4000.
+- A forced cancel landing while a ``/run`` answer was being written cut it after its headers
+  (``Content-Length`` declared, no body: h11's "Too little data").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+from google.adk.cli.service_registry import get_service_registry
+from google.adk.sessions import BaseSessionService
+from google.adk.sessions.sqlite_session_service import SqliteSessionService
+from support import build_app, observed_of, run_body, serve, session_path, until
+
+from adk_cancel import WS_CLOSE_CANCELLED
+from adk_cancel.testing import unanswered_calls
+
+pytestmark = pytest.mark.timeout(90)
+
+ADK_STREAM_ENDED = "Root node {} was cancelled."
+"""ADK's log line when its live stream ended and it cancelled the agent behind it."""
+
+
+class _HeldUserWrite(SqliteSessionService):
+    """A real SQLite store that holds the user's message write until the test lets it go (as
+    a store waits for a lock another writer holds): adk-cancel's force waits for a write in
+    flight, so ADK's own reaction to the cancel's abort plays out first, as it did on the
+    first live run after a server start (SQLite's first write is slow)."""
+
+    def __init__(self, db_path: str) -> None:
+        super().__init__(db_path=db_path)
+        self.hold = threading.Event()
+        self.held = threading.Event()
+        self.release = threading.Event()
+
+    async def append_event(self, session: Any, event: Any) -> Any:
+        if self.hold.is_set() and event.author == "user":
+            self.hold.clear()
+            self.held.set()
+            await asyncio.to_thread(self.release.wait, 20)
+        return await super().append_event(session, event)
+
+
+@contextmanager
+def served_on(service: BaseSessionService, **options: Any) -> Iterator[str]:
+    """A real server of the test agents whose sessions live in ``service`` (ADK builds
+    session services from URIs: it is registered under a scheme of its own)."""
+    scheme = "heldwrite" + str(id(service))
+    get_service_registry().register_session_service(scheme, lambda uri, **kw: service)
+    with serve(build_app(session_service_uri=f"{scheme}://", **options)) as url:
+        yield url
+
+
+def live_url(base_url: str, app: str, sid: str) -> str:
+    ws_url = base_url.replace("http", "ws", 1)
+    return f"{ws_url}/run_live?app_name={app}&user_id=u&session_id={sid}&modalities=TEXT"
+
+
+def text_message(text: str) -> str:
+    return json.dumps({"content": {"role": "user", "parts": [{"text": text}]}})
+
+
+async def new_session(client: httpx.AsyncClient, app: str) -> str:
+    answer = await client.post(f"/apps/{app}/users/u/sessions", json={})
+    assert answer.status_code == 200, answer.text
+    return str(answer.json()["id"])
+
+
+async def runs_of(client: httpx.AsyncClient, app: str, sid: str) -> list[dict[str, Any]]:
+    return list((await client.get(session_path(sid, app) + "/runs")).json()["runs"])
+
+
+async def close_of(ws: Any) -> Any:
+    """What the server closed the socket with (reading whatever comes before it)."""
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        while True:
+            await asyncio.wait_for(ws.recv(), 10)
+    return closed.value.rcvd
+
+
+async def test_a_live_run_whose_adk_stream_ended_on_the_abort_is_closed_4000(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ADK's live stream ends on the cancel's abort (its event queue reader stops on it) and,
+    from google-adk 2.14 on, its handler then closes the socket with 1000 at once; 2.13 waited
+    for its socket reader too, so adk-cancel's force came first. The client must get the
+    cancel's 4000 either way (as it must when ADK closes 1011 after a failure on the way
+    out: the same close, held back)."""
+    caplog.set_level(logging.INFO, logger="google_adk")
+    app, first_message = "slow_agent", "tool 20"
+    service = _HeldUserWrite(str(tmp_path / "sessions.db"))
+    with served_on(service) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=20) as client:
+            sid = await new_session(client, app)
+            service.hold.set()
+            async with websockets.connect(live_url(url, app, sid)) as ws:
+                await ws.send(text_message(first_message))
+                assert await asyncio.to_thread(service.held.wait, 10)
+                answer = await client.post(
+                    session_path(sid, app) + ":cancel", json={"wait": False, "reason": "stop"}
+                )
+                assert answer.status_code == 202, answer.text
+                # The abort has ended ADK's stream while the force still waits for the held
+                # write: this is when ADK closes the socket itself.
+                await until(
+                    lambda: ADK_STREAM_ENDED.format(app) in caplog.text,
+                    what="ADK ending its live stream (and, before the fix, closing 1000)",
+                )
+                service.release.set()
+                closed = await close_of(ws)
+            assert closed is not None
+            assert (closed.code, closed.reason) == (WS_CLOSE_CANCELLED, "cancelled: stop")
+            await until(
+                lambda: _no_runs(client, app, sid), what="the live run leaving the registry"
+            )
+            events = (await client.get(session_path(sid, app))).json()["events"]
+            assert unanswered_calls(events) == []
+
+
+async def _no_runs(client: httpx.AsyncClient, app: str, sid: str) -> bool:
+    return await runs_of(client, app, sid) == []
+
+
+def _slow_to_take_answers(app: Any, delay_s: float) -> Any:
+    """``app`` behind a client whose socket is full when a ``/run`` answer's body is written:
+    uvicorn's ``send`` waits for it to drain (``flow.drain()``) before it writes, here
+    ``delay_s``, after the headers went out."""
+
+    async def wrapped(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("path") != "/run":
+            await app(scope, receive, send)
+            return
+
+        async def draining_send(message: Any) -> None:
+            if message["type"] == "http.response.body":
+                await asyncio.sleep(delay_s)
+            await send(message)
+
+        await app(scope, receive, draining_send)
+
+    return wrapped
+
+
+async def test_a_run_answer_being_written_is_not_cut_by_the_force(
+    observed: list[dict[str, Any]],
+) -> None:
+    """The stubborn tool swallows the abort; the force cancels ADK's task; ADK then answers
+    with the run's events (JSON, ``Content-Length``), and while that answer's body waits
+    for a slow client the force must not cancel ADK again: the client gets the whole answer,
+    never headers without their body."""
+    app = "stubborn_agent"
+    grace_s = 0.3
+    with serve(_slow_to_take_answers(build_app(cancel_grace_s=grace_s), 0.5)) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=20) as client:
+            sid = await new_session(client, app)
+            run = asyncio.create_task(client.post("/run", json=run_body(sid, "tool 5", app=app)))
+            await until(lambda: observed_of(observed, sid, "tool_started"), what="the tool")
+            first = await client.post(session_path(sid, app) + ":cancel", json={"wait": False})
+            assert first.status_code == 202, first.text
+            second = await client.post(session_path(sid, app) + ":cancel", json={"wait": True})
+            assert second.status_code == 200, second.text
+            [stopped] = second.json()["runs"]
+            assert stopped["stopped_by"] == "force"
+            answer = await asyncio.wait_for(run, 10)
+    assert answer.status_code == 200
+    assert answer.headers["x-adk-cancel"] == "cancelled"
+    assert int(answer.headers["content-length"]) == len(answer.content)
+    events = answer.json()
+    assert events and events[-1].get("errorCode") in ("CANCELLED", "INVOCATION_ABORTED")
+    assert observed_of(observed, sid, "tool_ignored_cancel")
