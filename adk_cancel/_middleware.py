@@ -22,6 +22,9 @@ server shutting down; each calls ``RunEntry.request_cancel``.
 | ``/run_live`` (ADK has no abort there)      | force at once, repair, close code 4000       |
 | run finishing vs a cancel that came late    | the run, if its answer was complete:         |
 |                                             | nothing is aborted, ``stopped_by="finished"``|
+| a cancel between a ``/run`` answer's headers | the answer: its headers went out without     |
+| and its body (a task hop apart behind ADK's | ``x-adk-cancel``, so the run is finished     |
+| tracing middleware, 2.14+)                  | (``stopped_by="finished"``)                  |
 | the app's last SSE message vs a cancel      | the cancelled event goes out just before it  |
 | forced run vs its response                  | nothing sent yet: adk-cancel answers; a      |
 |                                             | stream already started: adk-cancel ends it   |
@@ -86,7 +89,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -105,6 +108,7 @@ from ._response import Response, json_response
 from ._rollback import GetRunner, not_rolled_back, roll_back
 from ._run_output import RunOutput, disconnect_policy
 from ._run_tasks import RunTasks
+from .adk import live
 
 logger = logging.getLogger("adk_cancel")
 
@@ -181,53 +185,6 @@ def _outer_cancelled() -> bool:
     task = asyncio.current_task()
     cancelling = getattr(task, "cancelling", None)
     return bool(cancelling()) if cancelling is not None else False
-
-
-async def _end_tasks(tasks: Iterable[asyncio.Task[Any]]) -> None:
-    """End the tasks ADK's live handler left behind, and read how each ended.
-
-    A handler cancelled inside its ``asyncio.wait`` skips the ``finally`` that cancels its
-    tasks, and even that ``finally`` never awaits them: its socket reader would die on the
-    close we are about to send, its event forwarder on a send to a gone client or on a stale
-    session write, each logged as "Task exception was never retrieved". Those tasks are ours
-    to end now: nobody else will.
-    """
-    current = asyncio.current_task()
-    tasks = [t for t in tasks if t is not current]
-    pending = [t for t in tasks if not t.done()]
-    for task in pending:
-        task.cancel()
-    if pending:
-        await asyncio.wait(pending, timeout=DRAIN_S)
-    for task in tasks:
-        if task.done() and not task.cancelled() and task.exception() is not None:
-            logger.debug("Live run task %s ended with %r", task.get_name(), task.exception())
-
-
-def adk_live_handler_tasks(host: asyncio.Task[Any]) -> list[asyncio.Task[Any]]:
-    """The tasks ADK's ``/run_live`` handler started (its event forwarder and its socket
-    reader), read from the handler's frame while it awaits them in ``host``, the task that
-    runs it; [] where they are not found.
-
-    ADK awaits neither as it should: 2.13 leaves both running when it is cancelled in its
-    ``asyncio.wait``, 2.15 waits for them without reading how they ended. The forwarder can
-    fail by itself (a stale session write) before it ever sends, so it would not be found
-    by what it asks of the socket, and its error would go unread.
-    """
-    # ADK seam: checked on google-adk 2.13.0, 2.14.1, 2.15.0
-    awaiting: Any = host.get_coro()
-    for _ in range(64):  # the chain from uvicorn down to ADK's handler is about 20 deep
-        code = getattr(awaiting, "cr_code", None)
-        if code is None:
-            return []  # a future or a generator: the handler is not in this chain
-        if code.co_name == "run_agent_live":
-            frame = awaiting.cr_frame
-            tasks = frame.f_locals.get("tasks") if frame is not None else None
-            if not isinstance(tasks, list):
-                return []
-            return [t for t in tasks if isinstance(t, asyncio.Task)]
-        awaiting = awaiting.cr_await
-    return []
 
 
 async def _read_body(receive: Receive) -> bytes | None:
@@ -533,7 +490,7 @@ class CancelMiddleware:
                     # One of ADK's tasks asks: the handler has made them all and waits for
                     # them now, so its list of them is there to read, once.
                     looked_for_adk_tasks = True
-                    found = adk_live_handler_tasks(host)
+                    found = live.handler_tasks(host)
                     logger.debug("Live run %s: ADK's tasks %s", entry.run_id, found)
                     handler_tasks.update(found)
 
@@ -563,7 +520,7 @@ class CancelMiddleware:
         app_done = True
         try:
             producer = {entry.producer} if entry.producer is not None else set()
-            await _end_tasks(handler_tasks | producer)
+            await live.end_tasks(handler_tasks | producer, DRAIN_S)
             await self._after(entry)
             if entry.cancel_reason is not None:
                 await response.finish_ws()
@@ -634,6 +591,13 @@ class CancelMiddleware:
                     if entry.error is None:
                         entry.error = f"{type(error).__name__}: {error}"
                     raise
+                if entry.forced and isinstance(error, RuntimeError):
+                    # The force's own echo: since google-adk 2.14 a BaseHTTPMiddleware (its
+                    # tracing context) sits between adk-cancel and ADK's routes, and turns the
+                    # cancellation of the route's task into "No response returned.". The run
+                    # stopped by force; nothing failed.
+                    logger.debug("Run %s: the app after its force: %r", entry.run_id, error)
+                    return
                 # Failing on the way out of a cancel (ADK's seal write hitting a stale
                 # session on a shared store) still ends the run: repair and answer as
                 # cancelled rather than a 500 and an unsealed session.

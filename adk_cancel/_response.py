@@ -137,6 +137,14 @@ class Response:
             self.sized = not self.sse and any(k.lower() == b"content-length" for k, _ in headers)
             if entry.cancel_reason is not None:
                 message = {**message, "headers": [*headers, *_cancel_headers(entry)]}
+            elif not self.sse:
+                # A JSON answer (/run's events, or ADK's error) starts once ADK has all of
+                # it: the run is over, and its client is not told of a cancel that comes now
+                # (these headers have none), so such a cancel is too late. Since google-adk
+                # 2.14 the body follows the headers a task hop later (its tracing middleware
+                # is a BaseHTTPMiddleware): a cancel landed in between and was reported as an
+                # abort the client never heard of.
+                entry.ended = True
         elif kind == "http.response.body":
             cancelled = entry.cancel_order is not None  # once per streamed event: no property
             if cancelled and self.sse and message.get("body", b"").startswith(_ADK_ERROR_CHUNK):

@@ -184,3 +184,58 @@ async def test_a_run_answer_being_written_is_not_cut_by_the_force(
     events = answer.json()
     assert events and events[-1].get("errorCode") in ("CANCELLED", "INVOCATION_ABORTED")
     assert observed_of(observed, sid, "tool_ignored_cancel")
+
+
+class _BodyAfterStart:
+    """Inside adk-cancel, before ADK: the body of a ``/run`` answer follows its headers
+    ``delay_s`` later, as it does a task hop later behind ADK's BaseHTTPMiddleware (2.14+)."""
+
+    def __init__(self, app: Any, delay_s: float) -> None:
+        self.app, self.delay_s = app, delay_s
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("path") != "/run":
+            await self.app(scope, receive, send)
+            return
+
+        async def later(message: Any) -> None:
+            if message["type"] == "http.response.body":
+                await asyncio.sleep(self.delay_s)
+            await send(message)
+
+        await self.app(scope, receive, later)
+
+
+async def test_a_cancel_between_a_run_answers_headers_and_body_is_too_late() -> None:
+    """The answer's headers went out without ``x-adk-cancel``: a cancel arriving before its
+    body cannot tell the client any more, so it must not report the run as stopped by an
+    abort (the client would never know): the run is ``finished``, its answer whole."""
+    from google.adk.cli.fast_api import get_fast_api_app
+    from support import TEST_AGENTS, memory_services
+
+    import adk_cancel
+
+    app = get_fast_api_app(
+        agents_dir=str(TEST_AGENTS), extra_plugins=[adk_cancel.PLUGIN_PATH], **memory_services()
+    )
+    app.add_middleware(_BodyAfterStart, delay_s=1.0)
+    adk_cancel.install(app)
+    with serve(app) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=20) as client:
+            sid = await new_session(client, "slow_agent")
+            async with client.stream(
+                "POST", "/run", json=run_body(sid, "quick", app="slow_agent")
+            ) as answer:
+                # Headers are here; the body follows in a second.
+                cancel = await client.post(session_path(sid, "slow_agent") + ":cancel", json={})
+                body = await answer.aread()
+    told = answer.headers.get("x-adk-cancel") == "cancelled"
+    if cancel.status_code == 200:
+        [run] = cancel.json()["runs"]
+        assert (run["stopped_by"] in ("abort", "force")) == told, (run, dict(answer.headers))
+        assert run["stopped_by"] == "finished", run
+    else:
+        assert cancel.status_code == 404, cancel.text  # already unlisted: as good
+    assert not told
+    events = json.loads(body)
+    assert events[-1]["content"]["parts"][0]["text"] == "Here is a quick answer."

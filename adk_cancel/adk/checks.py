@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .invocation import can_abort
+from .live import handler_readable
 from .native_cancel import native_cancel_routes
 from .rewind import can_rewind
 from .version import adk_version, outside_tested_range
@@ -93,12 +94,23 @@ def check_adk(
                 "rolled_back false.",
             )
         )
-    if server_found and not _serves_live(app):
+    live_endpoint = _live_endpoint(app)
+    if server_found and live_endpoint is None:
         findings.append(
             Finding(
                 "live handler",
                 "this app has no /run_live websocket route: there is nothing live to cancel "
                 "(adk-cancel's /run_live handling stays idle).",
+            )
+        )
+    elif server_found and not handler_readable(live_endpoint):
+        findings.append(
+            Finding(
+                "live handler",
+                "ADK's /run_live handler is not the one adk-cancel reads (run_agent_live with "
+                "its list of tasks): a cancelled live run still stops and closes 4000, but a "
+                "task of ADK's that fails by itself may be logged as 'Task exception was never "
+                "retrieved'.",
             )
         )
     if paths := native_cancel_routes(app):
@@ -114,11 +126,12 @@ def check_adk(
     return findings
 
 
-def _serves_live(app: Any) -> bool:
+def _live_endpoint(app: Any) -> Any | None:
+    """The endpoint of the app's ``/run_live`` websocket route, or None."""
     for route in getattr(getattr(app, "router", None), "routes", ()):
         if getattr(route, "path", None) == "/run_live" and type(route).__name__ in (
             "APIWebSocketRoute",
             "WebSocketRoute",
         ):
-            return True
-    return False
+            return getattr(route, "endpoint", None)
+    return None
