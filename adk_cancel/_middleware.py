@@ -76,6 +76,9 @@ server shutting down; each calls ``RunEntry.request_cancel``.
 |                                             | plugin sees the seal first; ``_partial.py``) |
 | the next run vs a rollback                  | the rollback: the session is given back only |
 |                                             | after it (and after the repair)              |
+| a run's record vs its client's last byte    | the record: the run is unlisted and recorded |
+| (or close frame)                            | (and its session given back) first, so a     |
+|                                             | client acting on its answer sees it ended    |
 
 The cancel route answers (``wait=true``) when ``RunEntry.finished`` is set: after the run's
 task ended, the session was read back and repaired (and, with ``action="rollback"``, rewound)
@@ -431,8 +434,19 @@ class CancelMiddleware:
             await self._after(entry)
             if entry.cancel_reason is not None:
                 await run.response.finish_http()
+            # Recorded and unlisted before the answer's last byte: a client that lists the
+            # session's runs, retries or sends its next turn on reading it finds the run
+            # ended (its record final, its session given back).
+            await self.gate.release(entry)
+            if run.output.forwards_stream:
+                # Policy continue: the stream's end goes into the run's log, which its
+                # forwarder sends on later; it must end the log before the run leaves the
+                # registry (which would mark the log unfinished).
+                await run.response.send_last()
+            self.registry.unregister(entry)
+            await run.response.send_last()
         except OSError:
-            logger.debug("Client gone while finishing cancelled run %s", entry.run_id)
+            logger.debug("Client gone while finishing run %s", entry.run_id)
         finally:
             await self.gate.release(entry)
             self._close(entry)
@@ -522,6 +536,9 @@ class CancelMiddleware:
             producer = {entry.producer} if entry.producer is not None else set()
             await live.end_tasks(handler_tasks | producer, DRAIN_S)
             await self._after(entry)
+            # Recorded and unlisted before the close frame, as an HTTP run's last byte.
+            await self.gate.release(entry)
+            self.registry.unregister(entry)
             if entry.cancel_reason is not None:
                 await response.finish_ws()
         except OSError:

@@ -125,6 +125,8 @@ class RunEntry(_Weakly):
     stopped_by: StoppedBy | None = None
     stop_ms: float | None = None
     repaired: bool = False
+    unlisted: bool = False
+    """Out of the listings, its record made: just before its client's last byte."""
     cancel_requested: Flag = field(default_factory=lambda: Flag())
     finished: Flag = field(default_factory=lambda: Flag())
     on_cancel: Callable[[], None] | None = None
@@ -380,6 +382,10 @@ class RunRegistry:
         return entry
 
     def unregister(self, entry: RunEntry) -> None:
+        """The run leaves the listings, and its record is made (once)."""
+        if entry.unlisted:
+            return
+        entry.unlisted = True
         for hook in self.run_end_hooks:
             try:
                 hook(entry)

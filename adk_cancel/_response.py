@@ -91,6 +91,7 @@ class Response:
         "cancel_event_sent",
         "ended",
         "entry",
+        "last",
         "sized",
         "sse",
         "started",
@@ -107,6 +108,9 @@ class Response:
         """The app's answer declared its Content-Length: nothing but all of it may follow."""
         self.cancel_event_sent = False
         self.ws_closed = False
+        self.last: Message | None = None
+        """The answer's last message, held until the run is recorded and unlisted
+        (:meth:`send_last`): a client that acts on its answer finds the run ended."""
 
     def send(self, message: Message) -> Awaitable[None]:
         entry = self.entry
@@ -169,6 +173,10 @@ class Response:
                 self.ended = True
                 if not cancelled:
                     entry.ended = True
+                for tap in entry.output_taps:
+                    tap(message)
+                self.last = message
+                return
         elif kind == "websocket.close" and entry.cancel_order is not None:
             # ADK closing a cancelled live run itself: with 1000 once its event stream ended
             # on the abort (google-adk 2.15 closes as soon as either of its live tasks ends;
@@ -188,10 +196,18 @@ class Response:
             tap(message)
         await self._send(message)
 
+    async def send_last(self) -> None:
+        """Send the answer's last message, held since the app (or :meth:`finish_http`) gave
+        it: the run is recorded and unlisted by now."""
+        if self.last is not None:
+            last, self.last = self.last, None
+            await self._send(last)
+
     async def fail_http(self, exc: BaseException) -> None:
         """The app raised before answering: say what went wrong, as JSON (Starlette would
         answer a bare "Internal Server Error")."""
         if self.started or (self.entry.disconnected and not self.entry.detached):
+            await self.send_last()  # an answer the app had completed still goes out whole
             return
         # The task group the app ran in wraps its error in an exception group.
         while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
@@ -202,7 +218,8 @@ class Response:
         self.started = self.ended = True
 
     async def finish_http(self) -> None:
-        """Complete the response of a run that was cancelled by force."""
+        """Complete the response of a run that was cancelled by force (its last message is
+        held for :meth:`send_last`)."""
         entry = self.entry
         if self.ended or (entry.disconnected and not entry.detached):
             return  # a detached run's answer still goes into its log, for its followers
@@ -223,7 +240,7 @@ class Response:
                     ],
                 }
             )
-            await self._send({"type": "http.response.body", "body": body})
+            self.last = {"type": "http.response.body", "body": body}
         elif self.sized:
             # The app was stopped between its headers and the end of a body whose length
             # they declared: an empty end would be a protocol error (h11: "Too little data
@@ -241,7 +258,7 @@ class Response:
             if self.sse and not self.cancel_event_sent:
                 self.cancel_event_sent = True
                 body = _sse_chunk(entry)
-            await self._send({"type": "http.response.body", "body": body})
+            self.last = {"type": "http.response.body", "body": body}
         self.ended = True
 
     async def finish_ws(self) -> None:

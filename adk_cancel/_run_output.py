@@ -115,6 +115,11 @@ class RunOutput:
             stream = entry.registry.streams.open(entry.key, entry.run_id)
         return cls(entry, send, stream)
 
+    @property
+    def forwards_stream(self) -> bool:
+        """Whether the app's stream goes into the run's log, the forwarder sending it on."""
+        return self.stream is not None and self.sse
+
     def send(self, message: Message) -> Awaitable[None]:
         if (
             self.stream is None

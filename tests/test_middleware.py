@@ -338,8 +338,9 @@ def test_a_cancel_after_the_answer_is_complete_reports_finished(
     app: Any, observed: list[dict[str, Any]]
 ) -> None:
     """The run's answer is complete; a cancel lands before the run has left the registry
-    (forced deterministically: the cancel is sent from inside the last send). It must not
-    abort anything, and says the run finished."""
+    (forced deterministically: the cancel is sent from inside the send of the answer's
+    headers). It must not abort anything, and says the run finished. By the answer's last
+    byte the run has left the registry: a client acting on its answer finds no run."""
     registry: adk_cancel.RunRegistry = app.state.adk_cancel
     late: dict[str, Any] = {}
 
@@ -349,8 +350,10 @@ def test_a_cancel_after_the_answer_is_complete_reports_finished(
             return
 
         async def spy(message: Any) -> None:
-            await send(message)
             if message["type"] == "http.response.body" and not message.get("more_body"):
+                late["listed_at_last_byte"] = registry.entries_here(late["key"])
+            await send(message)
+            if message["type"] == "http.response.start":
                 order = CancelOrder(late["key"], "too late", timeout_s=5)
                 late["task"] = asyncio.ensure_future(registry.cancel_here(order))
                 await asyncio.sleep(0)  # the cancel reaches the run now
@@ -366,6 +369,7 @@ def test_a_cancel_after_the_answer_is_complete_reports_finished(
         assert response.json()[-1]["content"]["parts"][0]["text"] == "Here is a quick answer."
         [run] = late["outcome"]
         assert (run.stopped, run.stopped_by, run.stop_ms) == (True, "finished", None)
+        assert late["listed_at_last_byte"] == []
         events = client.get(session_path(sid)).json()["events"]
         assert not [e for e in events if e.get("errorCode")], "nothing was aborted or sealed"
 

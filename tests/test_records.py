@@ -217,3 +217,42 @@ def test_status_filter(shared_client: TestClient) -> None:
         assert error["loc"] == ["query", "status"]
     shared_client.post(session_path(sid) + ":cancel")
     thread.join(5)
+
+
+async def test_a_runs_record_is_final_before_its_clients_last_byte() -> None:
+    """A client that acts on its answer (lists the runs, retries, sends the next turn) finds
+    the run ended and recorded: on each route, ended by its deadline, by a cancel or on its
+    own, the record is made before the answer's last byte (the close frame, live)."""
+    deadline = {"x-adk-run-timeout": "0.5"}
+    with serve(build_app(cancel_grace_s=0.3)) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=20) as client:
+
+            async def ends(route: str, text: str, headers: dict[str, str]) -> list[Any]:
+                sid = await asyncio.to_thread(new_session, url)
+                body = run_body(sid, text, streaming=route == "run_sse")
+                async with client.stream("POST", f"/{route}", json=body, headers=headers) as r:
+                    await r.aread()  # the whole answer: its last byte is here
+                path = session_path(sid) + "/runs"
+                active = (await client.get(path)).json()["runs"]
+                ended = (await client.get(path, params={"status": "all"})).json()["runs"]
+                return [active, [(e["route"], e["status"]) for e in ended]]
+
+            for route in ("run", "run_sse"):
+                assert await ends(route, "tool 30", deadline) == [[], [(route, "timed_out")]]
+                assert await ends(route, "quick", {}) == [[], [(route, "finished")]]
+
+            sid = await asyncio.to_thread(new_session, url)
+            live = url.replace("http", "ws", 1) + (
+                f"/run_live?app_name=slow_agent&user_id=u&session_id={sid}&modalities=TEXT"
+            )
+            async with websockets.connect(live, additional_headers=deadline) as ws:
+                message = {"content": {"role": "user", "parts": [{"text": "tool 30"}]}}
+                await ws.send(json.dumps(message))
+                with pytest.raises(websockets.ConnectionClosed):
+                    while True:
+                        await ws.recv()
+                assert ws.close_code == 4000
+                path = session_path(sid) + "/runs"
+                assert (await client.get(path)).json()["runs"] == []
+                [record] = (await client.get(path, params={"status": "all"})).json()["runs"]
+                assert (record["route"], record["status"]) == ("run_live", "timed_out")
