@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from google.adk.sessions.sqlite_session_service import SqliteSessionService
 
 from adk_cancel.testing import free_port, message, run_body, serve, session_path
 
@@ -20,6 +23,7 @@ __all__ = [
     "ROOT",
     "SAMPLES",
     "TEST_AGENTS",
+    "HeldUserWrite",
     "build_app",
     "free_port",
     "group_members",
@@ -75,6 +79,28 @@ async def until(
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not met within {timeout} s")
         await asyncio.sleep(interval)
+
+
+class HeldUserWrite(SqliteSessionService):
+    """A real SQLite store that holds the user's message write (once, after ``hold`` is set)
+    until the test sets ``release``, as a store waits for a lock another writer holds; it
+    sets ``held`` when the write is waiting. A cancel landing meanwhile must not cut the
+    write in half, and adk-cancel's force waits for it, so ADK's own reaction to an abort
+    plays out first (as on the first live run after a server start: SQLite's first write is
+    slow)."""
+
+    def __init__(self, db_path: str) -> None:
+        super().__init__(db_path=db_path)
+        self.hold = threading.Event()
+        self.held = threading.Event()
+        self.release = threading.Event()
+
+    async def append_event(self, session: Any, event: Any) -> Any:
+        if self.hold.is_set() and event.author == "user":
+            self.hold.clear()
+            self.held.set()
+            await asyncio.to_thread(self.release.wait, 20)
+        return await super().append_event(session, event)
 
 
 def build_app(agents_dir: str = str(TEST_AGENTS), **kwargs: Any) -> Any:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,8 +24,7 @@ import pytest
 import websockets
 from google.adk.cli.service_registry import get_service_registry
 from google.adk.sessions import BaseSessionService
-from google.adk.sessions.sqlite_session_service import SqliteSessionService
-from support import build_app, observed_of, run_body, serve, session_path, until
+from support import HeldUserWrite, build_app, observed_of, run_body, serve, session_path, until
 
 from adk_cancel import WS_CLOSE_CANCELLED
 from adk_cancel.testing import unanswered_calls
@@ -35,26 +33,6 @@ pytestmark = pytest.mark.timeout(90)
 
 ADK_STREAM_ENDED = "Root node {} was cancelled."
 """ADK's log line when its live stream ended and it cancelled the agent behind it."""
-
-
-class _HeldUserWrite(SqliteSessionService):
-    """A real SQLite store that holds the user's message write until the test lets it go (as
-    a store waits for a lock another writer holds): adk-cancel's force waits for a write in
-    flight, so ADK's own reaction to the cancel's abort plays out first, as it did on the
-    first live run after a server start (SQLite's first write is slow)."""
-
-    def __init__(self, db_path: str) -> None:
-        super().__init__(db_path=db_path)
-        self.hold = threading.Event()
-        self.held = threading.Event()
-        self.release = threading.Event()
-
-    async def append_event(self, session: Any, event: Any) -> Any:
-        if self.hold.is_set() and event.author == "user":
-            self.hold.clear()
-            self.held.set()
-            await asyncio.to_thread(self.release.wait, 20)
-        return await super().append_event(session, event)
 
 
 @contextmanager
@@ -104,7 +82,7 @@ async def test_a_live_run_whose_adk_stream_ended_on_the_abort_is_closed_4000(
     out: the same close, held back)."""
     caplog.set_level(logging.INFO, logger="google_adk")
     app, first_message = "slow_agent", "tool 20"
-    service = _HeldUserWrite(str(tmp_path / "sessions.db"))
+    service = HeldUserWrite(str(tmp_path / "sessions.db"))
     with served_on(service) as url:
         async with httpx.AsyncClient(base_url=url, timeout=20) as client:
             sid = await new_session(client, app)

@@ -18,7 +18,15 @@ from google.adk.errors import StaleSessionError
 from google.adk.sessions import BaseSessionService, InMemorySessionService
 from google.adk.sessions.sqlite_session_service import SqliteSessionService
 from starlette.websockets import WebSocketDisconnect
-from support import TEST_AGENTS, build_app, memory_services, run_body, session_path, wait_until
+from support import (
+    TEST_AGENTS,
+    HeldUserWrite,
+    build_app,
+    memory_services,
+    run_body,
+    session_path,
+    wait_until,
+)
 
 import adk_cancel
 from adk_cancel import WS_CLOSE_CANCELLED, CancelOrder
@@ -484,29 +492,12 @@ def test_live_repair_that_goes_stale_is_retried(
     assert stored_unanswered(db, sid) == []
 
 
-class _SlowToWrite(SqliteSessionService):
-    """Writes the user's message only once the test lets it (as a store waits for a lock that
-    another writer holds): a cancel that lands meanwhile must not cut the write in half."""
-
-    def __init__(self, db_path: str) -> None:
-        super().__init__(db_path=db_path)
-        self.hold = threading.Event()
-        self.held = threading.Event()
-        self.release = threading.Event()
-
-    async def append_event(self, session: Any, event: Any) -> Any:
-        if self.hold.is_set() and event.author == "user":
-            self.held.set()
-            await asyncio.to_thread(self.release.wait, 10)
-        return await super().append_event(session, event)
-
-
 def test_a_forced_cancel_during_a_session_write_lets_the_write_finish(tmp_path: Path) -> None:
     """The store keeps the user's message waiting past the grace period, so the cancel is
     forced while that write is in flight. The write ends anyway: the message is stored, and
     ADK's own seal (the next write of the same session) is not stale."""
     db = str(tmp_path / "sessions.db")
-    service = _SlowToWrite(db)
+    service = HeldUserWrite(db)
     with client_on(service, cancel_grace_s=0.2) as client:
         sid = new_session(client)
         service.hold.set()
