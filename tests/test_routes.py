@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from typing import Any
 
@@ -147,8 +148,8 @@ def test_a_json_body_is_read_as_json_whatever_its_content_type(
         (
             b'{"reason": "stop",}',
             ["body"],
-            "The body is not valid JSON (Expecting property name enclosed in double quotes at "
-            "character 18): send a JSON object such as",
+            # The parser's own words vary with the Python version; where it broke does not.
+            "The body is not valid JSON (",
             '\'{"reason": "stop",}\'',
         ),
         (
@@ -174,6 +175,8 @@ def test_422s_say_what_was_wrong_in_plain_words(
     [error] = answer.json()["detail"]
     assert error["loc"] == loc and msg in error["msg"], error
     assert error["input"] == shown, error
+    if error["type"] == "json_invalid":
+        assert re.search(r" at character 1[78]\): send a JSON object such as", error["msg"])
 
 
 def test_booleans_are_json_booleans(client: TestClient) -> None:
