@@ -21,6 +21,12 @@ So, on the session service instance a run uses (wrapped once, transparent to eve
 
 A write whose caller was cancelled and which then fails is logged at debug level: its caller
 is gone, and the read-back after the cancel repairs what it left.
+
+Reads (``get_session``) run to their end too, their caller cancelled at once: cancelling a
+database driver mid-query or mid-connect costs more than the query (SQLAlchemy discards the
+connection; asyncpg, cancelled while it opens one, leaves a future whose error nobody reads:
+"Future exception was never retrieved ... unexpected connection_lost() call", seen in the
+PostgreSQL soak when a forced cancel hit a run's first read).
 """
 
 from __future__ import annotations
@@ -100,11 +106,23 @@ class SessionWrites:
 _by_service: weakref.WeakKeyDictionary[Any, SessionWrites] = weakref.WeakKeyDictionary()
 
 
+def _read_to_the_end(get_session: Any) -> Any:
+    @functools.wraps(get_session)
+    async def read_to_the_end(*args: Any, **kwargs: Any) -> Any:
+        # A cancelled caller stops waiting at once; the read ends in its own task, and the
+        # shield reads its error if nobody waits for it any more.
+        return await asyncio.shield(asyncio.ensure_future(get_session(*args, **kwargs)))
+
+    return read_to_the_end
+
+
 def session_writes(service: BaseSessionService) -> SessionWrites:
-    """The writes of ``service``, wrapping its ``append_event`` the first time."""
+    """The writes of ``service``, wrapping its ``append_event`` (and ``get_session``, see
+    above) the first time."""
     writes = _by_service.get(service)
     if writes is None:
         writes = SessionWrites()
         service.append_event = writes._wrap(service.append_event)  # type: ignore[method-assign]
+        service.get_session = _read_to_the_end(service.get_session)  # type: ignore[method-assign]
         _by_service[service] = writes
     return writes

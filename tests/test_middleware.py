@@ -522,3 +522,55 @@ def test_a_forced_cancel_during_a_session_write_lets_the_write_finish(tmp_path: 
     assert "tool 30 please" in texts, "the user's message was lost"
     assert [e.error_code for e in events if e.error_code] == ["INVOCATION_ABORTED"]
     assert unanswered_calls(events) == []
+
+
+class _SlowToRead(InMemorySessionService):
+    """A session read that takes until the test lets it end, and says whether it ended or
+    was cancelled half-way (what a database driver does not take well)."""
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.hold = threading.Event()
+        self.release = threading.Event()
+        self.reads: list[str] = []
+
+    async def get_session(self, **kwargs: Any) -> Any:
+        if self.hold.is_set():
+            try:
+                await asyncio.to_thread(self.release.wait, 10)
+            except asyncio.CancelledError:
+                self.reads.append("cancelled")
+                raise
+            self.reads.append("ended")
+        return await super().get_session(**kwargs)
+
+
+def test_a_cancelled_caller_does_not_cut_a_session_read_in_half() -> None:
+    """A force (or ADK's own clean-up) cancels a task that is reading its session: the task
+    stops waiting at once, and the read itself runs to its end (a database driver cancelled
+    mid-query or mid-connect drops its connection, or, asyncpg, leaves an error unread)."""
+    service = _SlowToRead()
+    with client_on(service) as client:
+        sid = new_session(client)
+
+        async def cancelled_read() -> float:
+            service.hold.set()
+            read = asyncio.ensure_future(
+                service.get_session(app_name="slow_agent", user_id="u", session_id=sid)
+            )
+            await asyncio.sleep(0.1)
+            started = time.monotonic()
+            read.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await read
+            waited = time.monotonic() - started
+            service.release.set()
+            for _ in range(200):  # the read ends in the background
+                if service.reads:
+                    break
+                await asyncio.sleep(0.01)
+            return waited
+
+        waited = client.portal.call(cancelled_read)  # type: ignore[union-attr]
+    assert waited < 0.5, "the cancelled caller stopped waiting at once"
+    assert service.reads == ["ended"]

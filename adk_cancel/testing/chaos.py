@@ -483,9 +483,13 @@ class Chaos:
                 continue
             log = worker.log()
             new, self._log_offsets[i] = log[self._log_offsets[i] :], len(log)
+            lines = new.splitlines()
+            # With the line after it: asyncio's "... never retrieved" says what in its next
+            # line ("future: <Future finished exception=...>").
             self.report.bad_log_lines += [
                 f"{worker.url}: {line[:300]}"
-                for line in new.splitlines()
+                + (f" | {lines[n + 1][:300]}" if n + 1 < len(lines) else "")
+                for n, line in enumerate(lines)
                 if any(marker in line for marker in BAD_LOG_MARKERS)
             ]
 
