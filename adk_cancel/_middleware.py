@@ -437,13 +437,12 @@ class CancelMiddleware:
             # Recorded and unlisted before the answer's last byte: a client that lists the
             # session's runs, retries or sends its next turn on reading it finds the run
             # ended (its record final, its session given back).
-            await self.gate.release(entry)
             if run.output.forwards_stream:
                 # Policy continue: the stream's end goes into the run's log, which its
                 # forwarder sends on later; it must end the log before the run leaves the
                 # registry (which would mark the log unfinished).
                 await run.response.send_last()
-            self.registry.unregister(entry)
+            await self._unlist(entry)
             await run.response.send_last()
         except OSError:
             logger.debug("Client gone while finishing run %s", entry.run_id)
@@ -536,9 +535,7 @@ class CancelMiddleware:
             producer = {entry.producer} if entry.producer is not None else set()
             await live.end_tasks(handler_tasks | producer, DRAIN_S)
             await self._after(entry)
-            # Recorded and unlisted before the close frame, as an HTTP run's last byte.
-            await self.gate.release(entry)
-            self.registry.unregister(entry)
+            await self._unlist(entry)  # before the close frame, as an HTTP run's last byte
             if entry.cancel_reason is not None:
                 await response.finish_ws()
         except OSError:
@@ -720,6 +717,12 @@ class CancelMiddleware:
         except RepairFailed as exc:
             logger.error("%s: %s", exc, exc.__cause__)
         await roll_back(entry, self.get_runner)
+
+    async def _unlist(self, entry: RunEntry) -> None:
+        """The run's session given back, the run unlisted and its record made: before its
+        client's last byte (``_close``, after it, then wakes whoever waits for the run)."""
+        await self.gate.release(entry)
+        self.registry.unregister(entry)
 
     def _close(self, entry: RunEntry) -> None:
         if not entry.finished.is_set():

@@ -130,6 +130,7 @@ class Response:
     async def _send_other(self, message: Message) -> None:
         entry = self.entry
         kind = message["type"]
+        hold = False
         if kind == "http.response.start":
             self.started = True
             entry.http_status = message.get("status")
@@ -173,10 +174,7 @@ class Response:
                 self.ended = True
                 if not cancelled:
                     entry.ended = True
-                for tap in entry.output_taps:
-                    tap(message)
-                self.last = message
-                return
+                hold = True
         elif kind == "websocket.close" and entry.cancel_order is not None:
             # ADK closing a cancelled live run itself: with 1000 once its event stream ended
             # on the abort (google-adk 2.15 closes as soon as either of its live tasks ends;
@@ -194,6 +192,9 @@ class Response:
             self.ws_closed = True
         for tap in entry.output_taps:
             tap(message)
+        if hold:
+            self.last = message  # sent by send_last, once the run is recorded
+            return
         await self._send(message)
 
     async def send_last(self) -> None:

@@ -10,6 +10,7 @@ server starts. Nothing here imports redis-py unless asked for its option names.
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -54,6 +55,7 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
+@functools.cache
 def redis_py_options() -> frozenset[str]:
     """The query parameters redis-py's ``from_url`` takes: those it parses, and the keyword
     arguments of its connection classes (it passes any other name on to them)."""
@@ -80,16 +82,15 @@ def redis_py_options() -> frozenset[str]:
 def check_options(url: str) -> None:
     """Raise ``ValueError`` naming the option, its value and the fix for any option in a
     Redis URL's query that adk-cancel or redis-py would refuse later."""
-    _, ours = split_options(url)
+    redis_url, ours = split_options(url)
     for name in OPTION_NAMES:
         if name == "key_prefix":
             prefix(None, ours)
         elif name in ours:
             positive(name, None, ours, 1.0)
-    theirs = [name for name, _ in parse_qsl(url.partition("?")[2], keep_blank_values=True)]
     known = redis_py_options()
-    for name in theirs:
-        if name in OPTION_NAMES or name in known:
+    for name, _ in parse_qsl(redis_url.partition("?")[2], keep_blank_values=True):
+        if name in known:
             continue
         close = difflib.get_close_matches(name, [*OPTION_NAMES, *sorted(known)], n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
